@@ -1,0 +1,129 @@
+// Package migrations owns the registry schema: numbered SQL migrations embedded in the
+// binary (plus the trigger installation from triggers/), applied idempotently with goose.
+package migrations
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"fmt"
+	"hash/fnv"
+	"io/fs"
+	"regexp"
+	"time"
+
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/lock"
+
+	"github.com/beamline/registry-syncer/triggers"
+)
+
+//go:embed *.sql
+var files embed.FS
+
+// The loader refuses files that do not follow NNNNN_name.sql, so a misnamed file fails
+// loudly instead of being skipped.
+var namePattern = regexp.MustCompile(`^[0-9]{5}_[a-z0-9_]+\.sql$`)
+
+// TriggersVersion is the migration that installs triggers/triggers.sql.
+const TriggersVersion = 2
+
+// Open returns a database/sql handle over pgx for url (search_path in the URL selects the
+// schema the registry lives in).
+func Open(url string) (*sql.DB, error) {
+	cfg, err := pgxConfig(url)
+	if err != nil {
+		return nil, err
+	}
+	return stdlib.OpenDB(*cfg), nil
+}
+
+// State is one migration's status.
+type State struct {
+	Version   int64
+	Name      string
+	Applied   bool
+	AppliedAt time.Time
+}
+
+func provider(ctx context.Context, db *sql.DB) (*goose.Provider, error) {
+	sub, err := fs.Sub(files, ".")
+	if err != nil {
+		return nil, err
+	}
+	entries, err := fs.ReadDir(sub, ".")
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range entries {
+		if !namePattern.MatchString(e.Name()) {
+			return nil, fmt.Errorf("migration file %q: name must match NNNNN_name.sql", e.Name())
+		}
+	}
+	// One advisory lock per schema: two processes migrating the same schema wait for each
+	// other, parallel test schemas do not.
+	var schema string
+	if err := db.QueryRowContext(ctx, `SELECT current_schema()`).Scan(&schema); err != nil {
+		return nil, fmt.Errorf("read current schema: %w", err)
+	}
+	h := fnv.New64a()
+	h.Write([]byte("registry-migrate:" + schema))
+	locker, err := lock.NewPostgresSessionLocker(lock.WithLockID(int64(h.Sum64()>>1)), lock.WithLockTimeout(1, 600))
+	if err != nil {
+		return nil, err
+	}
+	install := goose.NewGoMigration(TriggersVersion, &goose.GoFunc{RunTx: triggers.Install}, nil)
+	return goose.NewProvider(goose.DialectPostgres, db, sub,
+		goose.WithGoMigrations(install),
+		goose.WithDisableGlobalRegistry(true),
+		goose.WithSessionLocker(locker),
+		goose.WithTableName("registry_schema_migrations"),
+	)
+}
+
+// Up applies every pending migration and returns the versions it applied (none when the
+// schema is current).
+func Up(ctx context.Context, db *sql.DB) ([]State, error) {
+	p, err := provider(ctx, db)
+	if err != nil {
+		return nil, err
+	}
+	res, err := p.Up(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("migrate: %w", err)
+	}
+	out := make([]State, 0, len(res))
+	for _, r := range res {
+		out = append(out, State{Version: r.Source.Version, Name: name(r.Source), Applied: true})
+	}
+	return out, nil
+}
+
+// Status lists every known migration and whether it is applied.
+func Status(ctx context.Context, db *sql.DB) ([]State, error) {
+	p, err := provider(ctx, db)
+	if err != nil {
+		return nil, err
+	}
+	st, err := p.Status(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("migration status: %w", err)
+	}
+	out := make([]State, 0, len(st))
+	for _, s := range st {
+		out = append(out, State{Version: s.Source.Version, Name: name(s.Source),
+			Applied: s.State == goose.StateApplied, AppliedAt: s.AppliedAt})
+	}
+	return out, nil
+}
+
+func name(s *goose.Source) string {
+	if s.Path != "" {
+		return s.Path
+	}
+	if s.Version == TriggersVersion {
+		return "triggers/triggers.sql"
+	}
+	return fmt.Sprintf("go migration %d", s.Version)
+}
