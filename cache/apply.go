@@ -1,0 +1,325 @@
+package cache
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+)
+
+// ChangeError reports the change Apply could not apply. It wraps the reason:
+// ErrInvalid (malformed change or invalid value, possibly joined
+// *ValidationError values) or ErrNotFound (version or instance put for an
+// unknown extension).
+type ChangeError struct {
+	Index int // position in the changes slice
+	Op    string
+	Kind  string
+	ID    string
+	Key   string
+	Err   error
+}
+
+func (e *ChangeError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "change %d (%s %s %q", e.Index, e.Op, e.Kind, e.ID)
+	if e.Key != "" {
+		fmt.Fprintf(&b, " key %q", e.Key)
+	}
+	b.WriteString("): ")
+	b.WriteString(e.Err.Error())
+	return b.String()
+}
+
+func (e *ChangeError) Unwrap() error { return e.Err }
+
+// Apply applies one revision's changes, in order, and returns the resulting
+// snapshot together with the sorted ids of the extensions whose aggregate
+// changed (exactly s.Diff(next); nil when nothing changed). s is never
+// modified, and on error no snapshot is returned: a revision applies whole or
+// not at all.
+//
+//   - put extension: upsert the extension's own fields, keeping its versions
+//     and instances (a new extension has none);
+//   - delete extension, delete aggregate: remove the extension with its
+//     versions and instances (no-op when absent);
+//   - put version, put instance: upsert the child keyed by Key (or the value's
+//     version / instance_id when Key is empty; they must agree otherwise); the
+//     extension must exist (ErrNotFound);
+//   - delete version, delete instance: remove the child (no-op when it or the
+//     extension is absent);
+//   - put aggregate: replace the whole aggregate.
+//
+// The error (*ChangeError) names the change index, kind, id and reason.
+func (s *Snapshot) Apply(revision int64, source string, changes []Change) (*Snapshot, []string, error) {
+	var d decoder
+	n := getNormalizer()
+	defer putNormalizer(n)
+	overlay := make(map[string]*Extension, len(changes)) // nil: deleted
+	for i := range changes {
+		c := &changes[i]
+		if err := s.applyOne(&d, n, overlay, c); err != nil {
+			return nil, nil, &ChangeError{Index: i, Op: c.Op, Kind: c.Kind, ID: c.ID, Key: c.Key, Err: err}
+		}
+	}
+
+	// Net effect, in id order, dropping changes that leave an aggregate as it was.
+	ids := make([]string, 0, len(overlay))
+	for id := range overlay {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	changed := ids[:0]
+	var repl []*Extension
+	var hs [][32]byte
+	for _, id := range ids {
+		e := overlay[id]
+		pos, had := s.find(id)
+		var h [32]byte
+		if e == nil {
+			if !had {
+				continue
+			}
+		} else {
+			h = n.hash(e)
+			if had && bytes.Equal(s.hashes[pos*sha256.Size:(pos+1)*sha256.Size], h[:]) {
+				continue
+			}
+		}
+		changed = append(changed, id)
+		repl = append(repl, e)
+		hs = append(hs, h)
+	}
+
+	next := &Snapshot{revision: revision, source: source}
+	if len(changed) == 0 {
+		next.checksum, next.all, next.hashes, next.index, next.byType = s.checksum, s.all, s.hashes, s.index, s.byType
+		return next, nil, nil
+	}
+	next.index = maps.Clone(s.index)
+	if next.index == nil {
+		next.index = make(map[string]*Extension, len(changed))
+	}
+	var affected [numTypes]bool
+	for k, id := range changed {
+		if old, ok := s.index[id]; ok && old.Enabled {
+			affected[typeIndex(old.Type)] = true
+		}
+		if e := repl[k]; e != nil {
+			next.index[id] = e
+			if e.Enabled {
+				affected[typeIndex(e.Type)] = true
+			}
+		} else {
+			delete(next.index, id)
+		}
+	}
+	next.all, next.hashes = splice(s.all, s.hashes, changed, repl, hs, nil)
+	next.byType = s.byType
+	for t := range affected {
+		if affected[t] {
+			next.byType[t], _ = splice(s.byType[t], nil, changed, repl, nil, func(e *Extension) bool {
+				return e.Enabled && typeIndex(e.Type) == t
+			})
+		}
+	}
+	next.checksum = checksum(next.hashes)
+	return next, slices.Clone(changed), nil
+}
+
+// splice returns a copy of the id-sorted list old in which every extension
+// whose id is in ids (sorted) is removed and replaced by repl[k] when that is
+// non-nil (and keep, if given, accepts it). When oldH is non-nil the aligned
+// hash list is rebuilt likewise from hs.
+func splice(old []*Extension, oldH []byte, ids []string, repl []*Extension, hs [][32]byte, keep func(*Extension) bool) ([]*Extension, []byte) {
+	const hz = sha256.Size
+	pos := make([]int, len(ids))
+	found := make([]bool, len(ids))
+	size := len(old)
+	lo := 0
+	for k, id := range ids {
+		p, ok := slices.BinarySearchFunc(old[lo:], id, func(e *Extension, id string) int { return strings.Compare(e.ID, id) })
+		pos[k], found[k] = lo+p, ok
+		lo += p
+		if ok {
+			size--
+		}
+		if repl[k] != nil && (keep == nil || keep(repl[k])) {
+			size++
+		}
+	}
+	out := make([]*Extension, 0, size)
+	var outH []byte
+	if oldH != nil {
+		outH = make([]byte, 0, size*hz)
+	}
+	prev := 0
+	for k := range ids {
+		p := pos[k]
+		out = append(out, old[prev:p]...)
+		if oldH != nil {
+			outH = append(outH, oldH[prev*hz:p*hz]...)
+		}
+		prev = p
+		if found[k] {
+			prev = p + 1
+		}
+		if e := repl[k]; e != nil && (keep == nil || keep(e)) {
+			out = append(out, e)
+			if oldH != nil {
+				outH = append(outH, hs[k][:]...)
+			}
+		}
+	}
+	out = append(out, old[prev:]...)
+	if oldH != nil {
+		outH = append(outH, oldH[prev*hz:]...)
+	}
+	return out, outH
+}
+
+func (s *Snapshot) applyOne(d *decoder, n *normalizer, overlay map[string]*Extension, c *Change) error {
+	old, ok := overlay[c.ID]
+	if !ok {
+		old = s.index[c.ID]
+	}
+	if c.Op != OpPut && c.Op != OpDelete {
+		return fmt.Errorf("%w: unknown op %q", ErrInvalid, c.Op)
+	}
+	put := c.Op == OpPut
+	if put && len(trimWS(c.Value)) == 0 {
+		switch c.Kind {
+		case KindExtension, KindAggregate, KindVersion, KindInstance:
+			return fmt.Errorf("%w: put requires a value", ErrInvalid)
+		}
+	}
+	switch c.Kind {
+	case KindExtension, KindAggregate:
+		if !put {
+			if old != nil {
+				overlay[c.ID] = nil
+			}
+			return nil
+		}
+		e, err := d.decodeExtensionValue(c.Value, c.Kind == KindAggregate)
+		if err != nil {
+			return fmt.Errorf("%w: value: %w", ErrInvalid, err)
+		}
+		if e.ID == "" {
+			e.ID = c.ID
+		} else if e.ID != c.ID {
+			return fmt.Errorf("%w: value id %q does not match change id", ErrInvalid, e.ID)
+		}
+		if c.Kind == KindAggregate {
+			if err := n.normalize(e, true); err != nil {
+				return err
+			}
+		} else {
+			if err := n.normalizeOwn(e); err != nil {
+				return err
+			}
+			if old != nil {
+				e.Versions, e.Instances = old.Versions, old.Instances
+			} else {
+				e.Versions, e.Instances = []Version{}, []Instance{}
+			}
+		}
+		overlay[c.ID] = e
+
+	case KindVersion:
+		if !put {
+			if c.Key == "" {
+				return fmt.Errorf("%w: delete version requires a key", ErrInvalid)
+			}
+			if old == nil {
+				return nil
+			}
+			i, found := slices.BinarySearchFunc(old.Versions, c.Key, func(v Version, k string) int { return strings.Compare(v.Version, k) })
+			if !found {
+				return nil
+			}
+			e := shallow(old)
+			e.Versions = slices.Delete(slices.Clone(old.Versions), i, i+1)
+			overlay[c.ID] = e
+			return nil
+		}
+		if old == nil {
+			return fmt.Errorf("%w: extension %q does not exist", ErrNotFound, c.ID)
+		}
+		v, err := d.decodeVersionValue(c.Value)
+		if err != nil {
+			return fmt.Errorf("%w: value: %w", ErrInvalid, err)
+		}
+		if v.Version == "" {
+			v.Version = c.Key
+		} else if c.Key != "" && v.Version != c.Key {
+			return fmt.Errorf("%w: value version %q does not match key", ErrInvalid, v.Version)
+		}
+		if err := n.normalizeVersion(c.ID, &v); err != nil {
+			return err
+		}
+		e := shallow(old)
+		i, found := slices.BinarySearchFunc(old.Versions, v.Version, func(v Version, k string) int { return strings.Compare(v.Version, k) })
+		if found {
+			e.Versions = slices.Clone(old.Versions)
+			e.Versions[i] = v
+		} else {
+			e.Versions = slices.Insert(slices.Clip(old.Versions), i, v)
+		}
+		overlay[c.ID] = e
+
+	case KindInstance:
+		if !put {
+			if c.Key == "" {
+				return fmt.Errorf("%w: delete instance requires a key", ErrInvalid)
+			}
+			if old == nil {
+				return nil
+			}
+			i, found := slices.BinarySearchFunc(old.Instances, c.Key, func(in Instance, k string) int { return strings.Compare(in.InstanceID, k) })
+			if !found {
+				return nil
+			}
+			e := shallow(old)
+			e.Instances = slices.Delete(slices.Clone(old.Instances), i, i+1)
+			overlay[c.ID] = e
+			return nil
+		}
+		if old == nil {
+			return fmt.Errorf("%w: extension %q does not exist", ErrNotFound, c.ID)
+		}
+		in, err := d.decodeInstanceValue(c.Value)
+		if err != nil {
+			return fmt.Errorf("%w: value: %w", ErrInvalid, err)
+		}
+		if in.InstanceID == "" {
+			in.InstanceID = c.Key
+		} else if c.Key != "" && in.InstanceID != c.Key {
+			return fmt.Errorf("%w: value instance_id %q does not match key", ErrInvalid, in.InstanceID)
+		}
+		if err := n.normalizeInstance(c.ID, &in); err != nil {
+			return err
+		}
+		e := shallow(old)
+		i, found := slices.BinarySearchFunc(old.Instances, in.InstanceID, func(in Instance, k string) int { return strings.Compare(in.InstanceID, k) })
+		if found {
+			e.Instances = slices.Clone(old.Instances)
+			e.Instances[i] = in
+		} else {
+			e.Instances = slices.Insert(slices.Clip(old.Instances), i, in)
+		}
+		overlay[c.ID] = e
+
+	default:
+		return fmt.Errorf("%w: unknown kind %q", ErrInvalid, c.Kind)
+	}
+	return nil
+}
+
+func shallow(e *Extension) *Extension {
+	c := new(Extension)
+	*c = *e
+	return c
+}

@@ -1,0 +1,146 @@
+// Package cache owns the immutable, versioned registry snapshot: its types, validation, canonical encoding and checksum, and applying one revision's changes to produce the next snapshot.
+package cache
+
+import (
+	"encoding/json"
+	"errors"
+)
+
+// Extension types.
+const (
+	TypePre       = "pre"
+	TypeValidator = "validator"
+	TypePost      = "post"
+	TypeProvider  = "provider"
+)
+
+// Instance health statuses.
+const (
+	HealthHealthy   = "healthy"
+	HealthDegraded  = "degraded"
+	HealthUnhealthy = "unhealthy"
+	HealthUnknown   = "unknown"
+)
+
+// Change operations.
+const (
+	OpPut    = "put"
+	OpDelete = "delete"
+)
+
+// Change kinds.
+const (
+	KindExtension = "extension"
+	KindVersion   = "version"
+	KindInstance  = "instance"
+	KindAggregate = "aggregate"
+)
+
+// Validation limits.
+const (
+	MaxIDLen         = 255
+	MaxSubjectLen    = 512
+	MaxVersionLen    = 64
+	MinTimeoutMS     = 10
+	MaxTimeoutMS     = 5000
+	MinRetry         = 0
+	MaxRetry         = 3
+	MinWeight        = 0
+	MaxWeight        = 100
+	MaxInstanceIDLen = 255
+)
+
+var (
+	// ErrInvalid is wrapped by every validation error (see ValidationError) and
+	// by Apply errors caused by a malformed change.
+	ErrInvalid = errors.New("cache: invalid")
+	// ErrChecksum is wrapped by Decode when the recomputed checksum differs from
+	// the document's.
+	ErrChecksum = errors.New("cache: checksum mismatch")
+	// ErrNotFound is wrapped by Apply when a version or instance is put for an
+	// extension that does not exist.
+	ErrNotFound = errors.New("cache: unknown extension")
+)
+
+// Extension is one registry extension aggregate: its own fields plus its
+// versions and instances. Extensions reached through a Snapshot are shared and
+// must be treated as read-only.
+type Extension struct {
+	ID        string          `json:"id"`
+	Type      string          `json:"type"` // pre | validator | post | provider
+	Subject   string          `json:"subject"`
+	TimeoutMS int             `json:"timeout_ms"`
+	Retry     int             `json:"retry"`
+	Enabled   bool            `json:"enabled"`
+	Version   string          `json:"version"`
+	Config    json.RawMessage `json:"config"`    // JSON object; "{}" when empty/null on input
+	Metadata  json.RawMessage `json:"metadata"`  // JSON object; "{}" when empty/null on input
+	Versions  []Version       `json:"versions"`  // sorted by Version (bytewise), [] when none
+	Instances []Instance      `json:"instances"` // sorted by InstanceID (bytewise), [] when none
+}
+
+// Version is one routed version of an extension.
+type Version struct {
+	Version      string          `json:"version"`
+	Subject      string          `json:"subject"`
+	TimeoutMS    int             `json:"timeout_ms"`
+	Retry        int             `json:"retry"`
+	Enabled      bool            `json:"enabled"`
+	Config       json.RawMessage `json:"config"`
+	Metadata     json.RawMessage `json:"metadata"`
+	RoutingRules json.RawMessage `json:"routing_rules"` // JSON object whose values are strings or arrays of strings
+
+	// rules is RoutingRules parsed, sorted by key; filled by normalization
+	// (New, Apply, Decode) so that SelectVersion never allocates.
+	rules  []rule
+	parsed bool
+}
+
+// Instance is one running instance of an extension.
+type Instance struct {
+	InstanceID   string `json:"instance_id"`
+	Subject      string `json:"subject"`
+	Weight       int    `json:"weight"`        // 0..100
+	Enabled      bool   `json:"enabled"`       //
+	HealthStatus string `json:"health_status"` // healthy | degraded | unhealthy | unknown
+}
+
+// Change is one row-level change of a revision, as carried in a delta.
+type Change struct {
+	Op    string          `json:"op"`              // "put" | "delete"
+	Kind  string          `json:"kind"`            // "extension" | "version" | "instance" | "aggregate"
+	ID    string          `json:"id"`              // extension id
+	Key   string          `json:"key,omitempty"`   // version string (kind version) or instance_id (kind instance)
+	Value json.RawMessage `json:"value,omitempty"` // put only: an Extension's own fields (kind extension; any versions/instances in it are ignored), a Version, an Instance, or a full Extension aggregate (kind aggregate)
+}
+
+// VersionChoice is the outcome of Extension.SelectVersion: the definition to
+// invoke for one request.
+type VersionChoice struct {
+	Version   string
+	Subject   string
+	TimeoutMS int
+	Retry     int
+	Config    json.RawMessage
+}
+
+// typeIndex maps an extension type to its slot in Snapshot.byType, -1 if unknown.
+func typeIndex(t string) int {
+	switch t {
+	case TypePre:
+		return 0
+	case TypeValidator:
+		return 1
+	case TypePost:
+		return 2
+	case TypeProvider:
+		return 3
+	}
+	return -1
+}
+
+const numTypes = 4
+
+// emptyObject is the normalized form of an empty/null JSON object field. Its
+// capacity is capped so that an append by a caller never writes into it.
+var emptyObject = json.RawMessage("{}")[:2:2]
