@@ -70,8 +70,11 @@ CREATE CONSTRAINT TRIGGER registry_commit
 
 -- BEFORE UPDATE row triggers: keys are immutable (delete and insert instead), and
 -- updated_at/updated_by move only when the content really changes.
+-- Like every function here they pin the search_path (registry_actor() is unqualified), so
+-- a client whose search_path does not include the registry schema can still write
+-- schema.extensions.
 CREATE FUNCTION registry_extensions_touch() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
     IF NEW.id IS DISTINCT FROM OLD.id THEN
         RAISE EXCEPTION 'extensions.id cannot be changed (% -> %): delete the extension and insert it under the new id', OLD.id, NEW.id
@@ -90,7 +93,7 @@ CREATE TRIGGER registry_extensions_touch BEFORE UPDATE ON extensions
     FOR EACH ROW EXECUTE FUNCTION registry_extensions_touch();
 
 CREATE FUNCTION registry_versions_touch() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
     IF NEW.id IS DISTINCT FROM OLD.id OR NEW.version IS DISTINCT FROM OLD.version THEN
         RAISE EXCEPTION 'extension_versions.(id, version) cannot be changed (%/% -> %/%): delete the row and insert it', OLD.id, OLD.version, NEW.id, NEW.version
@@ -103,7 +106,7 @@ CREATE TRIGGER registry_versions_touch BEFORE UPDATE ON extension_versions
     FOR EACH ROW EXECUTE FUNCTION registry_versions_touch();
 
 CREATE FUNCTION registry_instances_touch() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
     IF NEW.extension_id IS DISTINCT FROM OLD.extension_id OR NEW.instance_id IS DISTINCT FROM OLD.instance_id THEN
         RAISE EXCEPTION 'extension_instances.(extension_id, instance_id) cannot be changed (%/% -> %/%): delete the row and insert it', OLD.extension_id, OLD.instance_id, NEW.extension_id, NEW.instance_id
@@ -244,6 +247,40 @@ CREATE TRIGGER registry_instances_update AFTER UPDATE ON extension_instances
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION registry_instances_changed();
 CREATE TRIGGER registry_instances_delete AFTER DELETE ON extension_instances
     REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION registry_instances_changed();
+
+-- TRUNCATE has no row events, so the statement triggers above never see it: log every row
+-- it is about to remove as a delete, in the same revision, before it goes. (TRUNCATE
+-- extensions CASCADE fires this for each truncated table.)
+CREATE FUNCTION registry_truncated() RETURNS trigger
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    changed bigint;
+BEGIN
+    IF TG_TABLE_NAME = 'extensions' THEN
+        INSERT INTO extension_audit_log (extension_id, entity, action, old_values)
+        SELECT r.id, 'extension', 'delete', to_jsonb(r) FROM extensions r ORDER BY r.id;
+    ELSIF TG_TABLE_NAME = 'extension_versions' THEN
+        INSERT INTO extension_audit_log (extension_id, entity, entity_key, action, old_values)
+        SELECT r.id, 'version', r.version, 'delete', to_jsonb(r) FROM extension_versions r ORDER BY r.id, r.version;
+    ELSE
+        INSERT INTO extension_audit_log (extension_id, entity, entity_key, action, old_values)
+        SELECT r.extension_id, 'instance', r.instance_id, 'delete', to_jsonb(r)
+        FROM extension_instances r ORDER BY r.extension_id, r.instance_id;
+    END IF;
+    GET DIAGNOSTICS changed = ROW_COUNT;
+    IF changed > 0 THEN
+        PERFORM registry_mark_pending();
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER registry_extensions_truncate BEFORE TRUNCATE ON extensions
+    FOR EACH STATEMENT EXECUTE FUNCTION registry_truncated();
+CREATE TRIGGER registry_versions_truncate BEFORE TRUNCATE ON extension_versions
+    FOR EACH STATEMENT EXECUTE FUNCTION registry_truncated();
+CREATE TRIGGER registry_instances_truncate BEFORE TRUNCATE ON extension_instances
+    FOR EACH STATEMENT EXECUTE FUNCTION registry_truncated();
 
 -- The whole aggregate of one extension (its row, versions and instances) as JSON, or NULL
 -- when it does not exist.
