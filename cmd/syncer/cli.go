@@ -1,0 +1,152 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/kelseyhightower/envconfig"
+)
+
+// Exit codes.
+const (
+	exitOK    = 0
+	exitError = 1 // the command failed (or found differences)
+	exitUsage = 2 // unknown command, flag or argument
+)
+
+// env is what a command runs with: the environment and the output streams.
+type env struct {
+	lookup func(string) (string, bool)
+	stdout io.Writer
+	stderr io.Writer
+}
+
+// config reads and validates the whole configuration.
+func (e *env) config() (*config, error) { return loadConfig(e.lookup) }
+
+// command is one subcommand. Adding one (watch, dev) is one entry in commands.
+type command struct {
+	name    string
+	args    string // the argument synopsis, for usage
+	summary string
+	// run gets the arguments after the command name.
+	run func(ctx context.Context, e *env, args []string) error
+}
+
+var commands []command
+
+func init() {
+	// Assigned in init: help refers to commands.
+	commands = []command{
+		{"run", "", "run the syncer daemon (publishes the registry to NATS; HTTP on EXTENSION_REGISTRY_HTTP_ADDR)", cmdRun},
+		{"migrate", "[status]", "apply pending schema migrations (idempotent); status lists every migration", cmdMigrate},
+		{"fixtures", "import [DIR] | export DIR | verify [DIR]", "import fixture files into the database, export the database as fixture files, or verify that they match (exit 1 on differences)", cmdFixtures},
+		{"help", "", "show this help and the environment variables", cmdHelp},
+	}
+}
+
+// usageError is a command line mistake: usage goes to stderr and the exit code is 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error { return &usageError{fmt.Sprintf(format, args...)} }
+
+// run is the whole program: it returns the exit code.
+func run(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int {
+	e := &env{lookup: lookup, stdout: stdout, stderr: stderr}
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, "syncer: no command given")
+		usage(stderr)
+		return exitUsage
+	}
+	name := args[0]
+	if name == "-h" || name == "-help" || name == "--help" {
+		name = "help"
+	}
+	var cmd *command
+	for i := range commands {
+		if commands[i].name == name {
+			cmd = &commands[i]
+		}
+	}
+	if cmd == nil {
+		fmt.Fprintf(stderr, "syncer: unknown command %q\n", name)
+		usage(stderr)
+		return exitUsage
+	}
+	err := cmd.run(ctx, e, args[1:])
+	var ue *usageError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, flag.ErrHelp):
+		commandUsage(stdout, cmd)
+		return exitOK
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "syncer %s: %s\n", cmd.name, ue.msg)
+		commandUsage(stderr, cmd)
+		return exitUsage
+	default:
+		fmt.Fprintf(stderr, "syncer: %v\n", err)
+		return exitError
+	}
+}
+
+// parseFlags parses a command's flags (only -h so far) and checks the number of
+// positional arguments.
+func parseFlags(name string, args []string, minArgs, maxArgs int) ([]string, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // run prints the usage
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		return nil, usagef("%v", err)
+	}
+	rest := fs.Args()
+	switch {
+	case len(rest) < minArgs:
+		return nil, usagef("missing argument")
+	case len(rest) > maxArgs:
+		return nil, usagef("unexpected argument %q", rest[maxArgs])
+	}
+	return rest, nil
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "Usage: syncer <command> [arguments]")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Commands:")
+	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+	for _, c := range commands {
+		fmt.Fprintf(tw, "  %s\t%s\n", strings.TrimSpace(c.name+" "+c.args), c.summary)
+	}
+	_ = tw.Flush()
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Configuration comes from EXTENSION_REGISTRY_* environment variables: see `syncer help`.")
+}
+
+func commandUsage(w io.Writer, c *command) {
+	fmt.Fprintf(w, "Usage: syncer %s\n  %s\n", strings.TrimSpace(c.name+" "+c.args), c.summary)
+}
+
+// envUsage lists the environment variables, from spec's tags.
+const envUsage = `{{range .}}  {{usage_key .}}{{if usage_default .}} (default {{usage_default .}}){{end}}
+      {{usage_description .}}
+{{end}}`
+
+func cmdHelp(_ context.Context, e *env, args []string) error {
+	if _, err := parseFlags("help", args, 0, 0); err != nil {
+		return err
+	}
+	usage(e.stdout)
+	fmt.Fprintln(e.stdout)
+	fmt.Fprintln(e.stdout, "Environment:")
+	return envconfig.Usagef(envPrefix, &spec{}, e.stdout, envUsage)
+}

@@ -1,0 +1,176 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/beamline/registry-syncer/admin"
+	"github.com/beamline/registry-syncer/syncer"
+)
+
+// drainTimeout bounds nc.Drain at shutdown.
+const drainTimeout = 10 * time.Second
+
+func cmdRun(ctx context.Context, e *env, args []string) error {
+	if _, err := parseFlags("run", args, 0, 0); err != nil {
+		return err
+	}
+	cfg, err := e.config()
+	if err != nil {
+		return err
+	}
+	return daemon(ctx, cfg, newLogger(e.stderr, cfg))
+}
+
+func newLogger(w io.Writer, cfg *config) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// daemon runs the syncer until ctx ends, then shuts down in order: the syncer finishes
+// what it is publishing and releases the leadership (Run returns), the NATS connection
+// drains, and the HTTP server, kept up meanwhile for probes and metrics, stops last.
+func daemon(ctx context.Context, cfg *config, log *slog.Logger) error {
+	log.InfoContext(ctx, "syncer: starting",
+		slog.String("source", cfg.Syncer.Source),
+		slog.String("database", cfg.RedactedDatabaseURL()),
+		slog.String("nats", cfg.RedactedNATSServers()),
+		slog.String("subject_prefix", cfg.Publisher.Prefix),
+		slog.String("http_addr", cfg.HTTPAddr),
+		slog.Bool("admin_sync_enabled", cfg.AdminToken != ""))
+	if len(cfg.Ignored) > 0 {
+		log.WarnContext(ctx, "syncer: EXTENSION_REGISTRY_DATABASE_URL is set, so these variables are ignored",
+			slog.String("ignored", strings.Join(cfg.Ignored, ",")))
+	}
+
+	nc, closed, err := connectNATS(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s, err := syncer.New(cfg.Syncer, nc, cfg.Publisher, log, syncer.NewMetrics(reg))
+	if err != nil {
+		nc.Close()
+		return err
+	}
+	var srv *admin.Server
+	if cfg.HTTPAddr != "" {
+		srv, err = admin.New(admin.Config{
+			Addr:      cfg.HTTPAddr,
+			Token:     cfg.AdminToken,
+			Gatherer:  reg,
+			Status:    s.Status,
+			ForceSync: s.ForceSync,
+			Logger:    log,
+		})
+		if err == nil {
+			// Not cancelled by the signal: srv.Stop ends it after the drain.
+			err = srv.Start(context.WithoutCancel(ctx))
+		}
+		if err != nil {
+			nc.Close()
+			return err
+		}
+	}
+
+	runErr := s.Run(ctx)
+	if runErr != nil && ctx.Err() != nil && errors.Is(runErr, context.Canceled) {
+		runErr = nil // the shutdown we asked for
+	}
+	if runErr != nil {
+		log.ErrorContext(ctx, "syncer: stopped on an error", slog.Any("error", runErr))
+		runErr = fmt.Errorf("syncer: %w", runErr)
+	} else {
+		log.InfoContext(ctx, "syncer: stopped")
+	}
+	drain(ctx, nc, closed, log)
+	if srv != nil {
+		srv.Stop()
+	}
+	log.InfoContext(ctx, "syncer: shutdown complete")
+	return runErr
+}
+
+// connectNATS connects to the configured servers. The returned channel is closed when
+// the connection is closed for good.
+func connectNATS(ctx context.Context, cfg *config, log *slog.Logger) (*nats.Conn, <-chan struct{}, error) {
+	closed := make(chan struct{})
+	var once sync.Once
+	opts := []nats.Option{
+		nats.Name("registry-syncer"),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.DrainTimeout(drainTimeout),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.WarnContext(ctx, "nats: disconnected, reconnecting", slog.Any("error", err))
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.InfoContext(ctx, "nats: reconnected", slog.String("url", redactNATSURL(nc.ConnectedUrl())))
+		}),
+		nats.ClosedHandler(func(*nats.Conn) { once.Do(func() { close(closed) }) }),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subject := ""
+			if sub != nil {
+				subject = sub.Subject
+			}
+			log.ErrorContext(ctx, "nats: asynchronous error", slog.String("subject", subject), slog.Any("error", err))
+		}),
+	}
+	n := cfg.NATS
+	if n.Creds != "" {
+		opts = append(opts, nats.UserCredentials(n.Creds))
+	}
+	if n.User != "" {
+		opts = append(opts, nats.UserInfo(n.User, n.Password))
+	}
+	if n.Token != "" {
+		opts = append(opts, nats.Token(n.Token))
+	}
+	if n.TLSCA != "" {
+		opts = append(opts, nats.RootCAs(n.TLSCA))
+	}
+	if n.TLSCert != "" {
+		opts = append(opts, nats.ClientCert(n.TLSCert, n.TLSKey))
+	}
+	nc, err := nats.Connect(strings.Join(n.Servers, ","), opts...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect to NATS at %s: %w", cfg.RedactedNATSServers(), err)
+	}
+	log.InfoContext(ctx, "nats: connected", slog.String("url", redactNATSURL(nc.ConnectedUrl())),
+		slog.String("server", nc.ConnectedServerName()), slog.Int64("max_payload", nc.MaxPayload()))
+	return nc, closed, nil
+}
+
+// drain drains the connection (what is buffered goes out) and waits until it is closed.
+func drain(ctx context.Context, nc *nats.Conn, closed <-chan struct{}, log *slog.Logger) {
+	if err := nc.Drain(); err != nil {
+		log.WarnContext(ctx, "nats: cannot drain, closing", slog.Any("error", err))
+		nc.Close()
+	}
+	// nats.DrainTimeout bounds the drain; the timer only guards against a closed
+	// handler that never runs.
+	t := time.NewTimer(drainTimeout + 5*time.Second)
+	defer t.Stop()
+	select {
+	case <-closed:
+	case <-t.C:
+		log.WarnContext(ctx, "nats: drain did not finish, closing")
+		nc.Close()
+	}
+}
