@@ -1,0 +1,211 @@
+// Package protocol owns the NATS wire format described in PROTOCOL.md: subject and stream
+// names, headers, the delta, manifest and heartbeat documents, and the direct-get reads
+// that routers and the syncer use to fetch stored deltas and snapshots without creating
+// JetStream consumers.
+package protocol
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/beamline/registry-syncer/cache"
+)
+
+// DefaultPrefix is the subject prefix when none is configured.
+const DefaultPrefix = "beamline.registry"
+
+// Headers set on every delta message (the payload carries the same facts; headers let
+// tools and routers filter without decoding).
+const (
+	HeaderRevision     = "Registry-Revision"
+	HeaderPrevRevision = "Registry-Prev-Revision"
+	HeaderChecksum     = "Registry-Checksum"
+	HeaderSource       = "Registry-Source"
+	HeaderCommittedAt  = "Registry-Committed-At"
+	HeaderChunk        = "Registry-Chunk" // on snapshot chunks: "<index>/<count>"
+)
+
+// Sources of published content.
+const (
+	SourceDatabase = "database"
+	SourceFixtures = "fixtures"
+)
+
+var prefixPattern = regexp.MustCompile(`^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$`)
+
+// Names derives every subject and stream name from the subject prefix.
+type Names struct {
+	Prefix         string
+	DeltaStream    string
+	SnapshotStream string
+}
+
+// NewNames validates prefix (dot-separated tokens of letters, digits, '_' and '-').
+func NewNames(prefix string) (Names, error) {
+	if !prefixPattern.MatchString(prefix) {
+		return Names{}, fmt.Errorf("subject prefix %q: must be dot-separated tokens of letters, digits, '_' or '-' (no wildcards, no empty tokens)", prefix)
+	}
+	base := strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(prefix))
+	return Names{Prefix: prefix, DeltaStream: base + "_DELTAS", SnapshotStream: base + "_SNAPSHOTS"}, nil
+}
+
+// DeltaSubject is where the delta of revision rev is stored.
+func (n Names) DeltaSubject(rev int64) string { return n.Prefix + ".delta." + strconv.FormatInt(rev, 10) }
+
+// DeltaSubjects is the delta stream's subject filter.
+func (n Names) DeltaSubjects() string { return n.Prefix + ".delta.>" }
+
+// Live is the core-NATS subject on which every delta is announced once stored.
+func (n Names) Live() string { return n.Prefix + ".live" }
+
+// Heartbeat is the core-NATS subject of the syncer's heartbeat.
+func (n Names) Heartbeat() string { return n.Prefix + ".heartbeat" }
+
+// Manifest is the subject holding the latest snapshot manifest.
+func (n Names) Manifest() string { return n.Prefix + ".snapshot.manifest" }
+
+// ChunkSubject is the subject of the chunks of the snapshot at revision rev.
+func (n Names) ChunkSubject(rev int64) string {
+	return n.Prefix + ".snapshot.data." + strconv.FormatInt(rev, 10)
+}
+
+// ChunkSubjects matches every snapshot chunk.
+func (n Names) ChunkSubjects() string { return n.Prefix + ".snapshot.data.>" }
+
+// SnapshotSubjects is the snapshot stream's subject filter.
+func (n Names) SnapshotSubjects() string { return n.Prefix + ".snapshot.>" }
+
+// MsgID is the Nats-Msg-Id of the delta of revision rev.
+func (n Names) MsgID(rev int64) string { return n.Prefix + ":delta:" + strconv.FormatInt(rev, 10) }
+
+// Delta is one revision: every change of one committed transaction.
+type Delta struct {
+	Revision     int64          `json:"revision"`
+	PrevRevision int64          `json:"prev_revision"`
+	Checksum     string         `json:"checksum"` // of the snapshot after applying this delta
+	Count        int            `json:"count"`    // extensions after applying this delta
+	Source       string         `json:"source"`
+	CommittedAt  time.Time      `json:"committed_at"`
+	Resync       bool           `json:"resync,omitempty"` // changes too large for one message: bootstrap from the snapshot
+	Changes      []cache.Change `json:"changes"`
+}
+
+// ErrInvalid wraps every decoding or validation failure of a protocol document.
+var ErrInvalid = errors.New("invalid registry message")
+
+var checksumPattern = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
+}
+
+// Validate checks the envelope (not the changes, which cache.Apply validates).
+func (d *Delta) Validate() error {
+	switch {
+	case d.Revision <= 0:
+		return invalid("delta revision must be positive (got %d)", d.Revision)
+	case d.PrevRevision < 0 || d.PrevRevision >= d.Revision:
+		return invalid("delta %d: prev_revision must be in [0, %d) (got %d)", d.Revision, d.Revision, d.PrevRevision)
+	case !checksumPattern.MatchString(d.Checksum):
+		return invalid("delta %d: checksum must be 64 lowercase hex digits (got %q)", d.Revision, d.Checksum)
+	case d.Count < 0:
+		return invalid("delta %d: count must not be negative", d.Revision)
+	case d.Source == "":
+		return invalid("delta %d: source is empty", d.Revision)
+	case d.Resync && len(d.Changes) > 0:
+		return invalid("delta %d: a resync delta carries no changes", d.Revision)
+	}
+	return nil
+}
+
+// DecodeDelta parses and validates a delta message payload.
+func DecodeDelta(data []byte) (*Delta, error) {
+	var d Delta
+	if err := json.Unmarshal(data, &d); err != nil {
+		return nil, invalid("decode delta: %v", err)
+	}
+	if err := d.Validate(); err != nil {
+		return nil, err
+	}
+	return &d, nil
+}
+
+// DeltaFromMsg decodes a delta message and checks that its headers agree with its payload.
+func DeltaFromMsg(m *nats.Msg) (*Delta, error) {
+	d, err := DecodeDelta(m.Data)
+	if err != nil {
+		return nil, err
+	}
+	if h := m.Header.Get(HeaderRevision); h != "" && h != strconv.FormatInt(d.Revision, 10) {
+		return nil, invalid("delta %d: header %s is %q", d.Revision, HeaderRevision, h)
+	}
+	return d, nil
+}
+
+// Msg builds the message for subject with the delta's headers.
+func (d *Delta) Msg(subject string, data []byte) *nats.Msg {
+	m := nats.NewMsg(subject)
+	m.Data = data
+	m.Header.Set(HeaderRevision, strconv.FormatInt(d.Revision, 10))
+	m.Header.Set(HeaderPrevRevision, strconv.FormatInt(d.PrevRevision, 10))
+	m.Header.Set(HeaderChecksum, d.Checksum)
+	m.Header.Set(HeaderSource, d.Source)
+	m.Header.Set(HeaderCommittedAt, d.CommittedAt.UTC().Format(time.RFC3339Nano))
+	return m
+}
+
+// Manifest describes the stored snapshot: which chunk messages to fetch and what their
+// concatenation must hash to.
+type Manifest struct {
+	Revision  int64     `json:"revision"`
+	Checksum  string    `json:"checksum"`
+	Source    string    `json:"source"`
+	Count     int       `json:"count"`
+	Size      int       `json:"size"`      // bytes of the snapshot document
+	Sequences []uint64  `json:"sequences"` // stream sequences of the chunks, in order
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// Validate checks a decoded manifest.
+func (m *Manifest) Validate() error {
+	switch {
+	case m.Revision < 0:
+		return invalid("manifest revision must not be negative")
+	case !checksumPattern.MatchString(m.Checksum):
+		return invalid("manifest %d: bad checksum %q", m.Revision, m.Checksum)
+	case len(m.Sequences) == 0:
+		return invalid("manifest %d: no chunks", m.Revision)
+	case m.Size <= 0:
+		return invalid("manifest %d: size must be positive", m.Revision)
+	}
+	return nil
+}
+
+// Heartbeat is published on Names.Heartbeat every interval by the leading syncer.
+type Heartbeat struct {
+	Revision   int64     `json:"revision"`
+	Checksum   string    `json:"checksum"`
+	Source     string    `json:"source"`
+	Time       time.Time `json:"time"`
+	IntervalMS int64     `json:"interval_ms"`
+	Syncer     string    `json:"syncer"`
+}
+
+// DecodeHeartbeat parses and validates a heartbeat.
+func DecodeHeartbeat(data []byte) (*Heartbeat, error) {
+	var h Heartbeat
+	if err := json.Unmarshal(data, &h); err != nil {
+		return nil, invalid("decode heartbeat: %v", err)
+	}
+	if h.Revision < 0 || (h.Revision > 0 && !checksumPattern.MatchString(h.Checksum)) || h.IntervalMS <= 0 {
+		return nil, invalid("heartbeat: revision %d, checksum %q, interval_ms %d", h.Revision, h.Checksum, h.IntervalMS)
+	}
+	return &h, nil
+}

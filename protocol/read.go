@@ -1,0 +1,148 @@
+package protocol
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/beamline/registry-syncer/cache"
+)
+
+// ErrNotFound reports that a stored message (a delta, a manifest) does not exist.
+var ErrNotFound = errors.New("not found")
+
+// ErrNoStream reports that the stream does not exist (no syncer ever ran here) or that
+// JetStream does not answer.
+var ErrNoStream = errors.New("registry stream not available")
+
+// Reader fetches stored deltas and snapshots with JetStream direct gets
+// ($JS.API.DIRECT.GET.<stream>), which are answered by the stream itself and create no
+// consumer, whatever the number of readers.
+type Reader struct {
+	NC    *nats.Conn
+	Names Names
+}
+
+// Stored is one message read back from a stream.
+type Stored struct {
+	Subject  string
+	Sequence uint64
+	Header   nats.Header
+	Data     []byte
+}
+
+func (r *Reader) directGet(ctx context.Context, stream string, req any) (*Stored, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	msg, err := r.NC.RequestWithContext(ctx, "$JS.API.DIRECT.GET."+stream, body)
+	if err != nil {
+		if errors.Is(err, nats.ErrNoResponders) {
+			return nil, fmt.Errorf("%w: stream %s: no responders", ErrNoStream, stream)
+		}
+		return nil, fmt.Errorf("direct get from %s: %w", stream, err)
+	}
+	if st := msg.Header.Get("Status"); st != "" {
+		if st == "404" {
+			return nil, ErrNotFound
+		}
+		return nil, fmt.Errorf("direct get from %s: status %s %s", stream, st, msg.Header.Get("Description"))
+	}
+	seq, err := strconv.ParseUint(msg.Header.Get("Nats-Sequence"), 10, 64)
+	if err != nil {
+		return nil, fmt.Errorf("direct get from %s: reply without Nats-Sequence", stream)
+	}
+	return &Stored{Subject: msg.Header.Get("Nats-Subject"), Sequence: seq, Header: msg.Header, Data: msg.Data}, nil
+}
+
+// Last reads the last message stored on subject.
+func (r *Reader) Last(ctx context.Context, stream, subject string) (*Stored, error) {
+	return r.directGet(ctx, stream, map[string]string{"last_by_subj": subject})
+}
+
+// BySeq reads the message at sequence seq.
+func (r *Reader) BySeq(ctx context.Context, stream string, seq uint64) (*Stored, error) {
+	return r.directGet(ctx, stream, map[string]uint64{"seq": seq})
+}
+
+// Delta reads the stored delta of revision rev (ErrNotFound when the stream lacks it).
+func (r *Reader) Delta(ctx context.Context, rev int64) (*Delta, error) {
+	st, err := r.Last(ctx, r.Names.DeltaStream, r.Names.DeltaSubject(rev))
+	if err != nil {
+		return nil, err
+	}
+	d, err := DecodeDelta(st.Data)
+	if err != nil {
+		return nil, fmt.Errorf("stored delta %d: %w", rev, err)
+	}
+	if d.Revision != rev {
+		return nil, invalid("stored delta on %s carries revision %d", st.Subject, d.Revision)
+	}
+	return d, nil
+}
+
+// Manifest reads the latest snapshot manifest (ErrNotFound when none was written yet).
+func (r *Reader) Manifest(ctx context.Context) (*Manifest, error) {
+	st, err := r.Last(ctx, r.Names.SnapshotStream, r.Names.Manifest())
+	if err != nil {
+		return nil, err
+	}
+	var m Manifest
+	if err := json.Unmarshal(st.Data, &m); err != nil {
+		return nil, invalid("decode manifest: %v", err)
+	}
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	return &m, nil
+}
+
+// ErrSnapshotMoved reports that a chunk of the manifest's snapshot was replaced while it
+// was being read (a newer snapshot was written and the old one purged): read again.
+var ErrSnapshotMoved = errors.New("snapshot replaced while reading; retry")
+
+// Snapshot reads the manifest and its chunks and decodes the snapshot, verifying sizes
+// and the checksum. Chunks are read one by one, so a snapshot of any size works with any
+// max_payload.
+func (r *Reader) Snapshot(ctx context.Context) (*cache.Snapshot, *Manifest, error) {
+	m, err := r.Manifest(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, m.Size))
+	want := r.Names.ChunkSubject(m.Revision)
+	for i, seq := range m.Sequences {
+		st, err := r.BySeq(ctx, r.Names.SnapshotStream, seq)
+		if errors.Is(err, ErrNotFound) {
+			return nil, nil, ErrSnapshotMoved
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		if st.Subject != want {
+			return nil, nil, ErrSnapshotMoved
+		}
+		if h := st.Header.Get(HeaderChunk); h != fmt.Sprintf("%d/%d", i, len(m.Sequences)) {
+			return nil, nil, invalid("snapshot %d chunk %d: header %s is %q", m.Revision, i, HeaderChunk, h)
+		}
+		buf.Write(st.Data)
+	}
+	if buf.Len() != m.Size {
+		return nil, nil, invalid("snapshot %d: %d bytes read, manifest says %d", m.Revision, buf.Len(), m.Size)
+	}
+	snap, err := cache.Decode(buf.Bytes())
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: snapshot %d: %w", ErrInvalid, m.Revision, err)
+	}
+	if snap.Revision() != m.Revision || snap.Checksum() != m.Checksum {
+		return nil, nil, invalid("snapshot document (revision %d, checksum %s) does not match its manifest (revision %d, checksum %s)",
+			snap.Revision(), snap.Checksum(), m.Revision, m.Checksum)
+	}
+	return snap, m, nil
+}

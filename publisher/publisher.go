@@ -1,0 +1,305 @@
+// Package publisher owns writing the registry to NATS JetStream: creating the streams,
+// storing exactly one delta per revision (and announcing it on the live subject), the
+// chunked durable snapshot, and the heartbeat.
+package publisher
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/beamline/registry-syncer/cache"
+	"github.com/beamline/registry-syncer/protocol"
+)
+
+// Config tunes the streams. Zero values take the documented defaults.
+type Config struct {
+	// Prefix of every subject (default protocol.DefaultPrefix).
+	Prefix string
+	// Replicas of both streams (default 1; 3 on a NATS cluster).
+	Replicas int
+	// DeltaMaxAge bounds how long deltas are kept (default 7 days). Routers that fall
+	// further behind re-bootstrap from the snapshot.
+	DeltaMaxAge time.Duration
+	// DeltaMaxMsgs bounds the number of stored deltas (default 1,000,000).
+	DeltaMaxMsgs int64
+	// DeltaMaxBytes bounds the delta stream's size (default -1: unlimited).
+	DeltaMaxBytes int64
+	// SnapshotMaxBytes bounds the snapshot stream's size (default -1: unlimited).
+	SnapshotMaxBytes int64
+	// DuplicateWindow is JetStream's Nats-Msg-Id window (default 2 minutes). Duplicates
+	// older than the window are still refused: each revision has its own subject and is
+	// published with an expected last-subject sequence of 0.
+	DuplicateWindow time.Duration
+	// ChunkSize is the snapshot chunk size (default: the server's max_payload minus 8 KiB
+	// for headers).
+	ChunkSize int
+	// Timeout of one JetStream request (default 5s).
+	Timeout time.Duration
+}
+
+// WithDefaults returns cfg with every zero field set to its default.
+func (c Config) WithDefaults() Config {
+	c.Prefix = cmp.Or(c.Prefix, protocol.DefaultPrefix)
+	c.Replicas = cmp.Or(c.Replicas, 1)
+	c.DeltaMaxAge = cmp.Or(c.DeltaMaxAge, 7*24*time.Hour)
+	c.DeltaMaxMsgs = cmp.Or(c.DeltaMaxMsgs, 1_000_000)
+	c.DeltaMaxBytes = cmp.Or(c.DeltaMaxBytes, -1)
+	c.SnapshotMaxBytes = cmp.Or(c.SnapshotMaxBytes, -1)
+	c.DuplicateWindow = cmp.Or(c.DuplicateWindow, 2*time.Minute)
+	c.Timeout = cmp.Or(c.Timeout, 5*time.Second)
+	return c
+}
+
+func (c Config) validate() error {
+	var errs []error
+	if c.Replicas < 1 || c.Replicas > 5 {
+		errs = append(errs, fmt.Errorf("publisher: Replicas must be 1..5 (got %d)", c.Replicas))
+	}
+	if c.DeltaMaxAge < time.Minute {
+		errs = append(errs, fmt.Errorf("publisher: DeltaMaxAge must be at least 1m (got %s)", c.DeltaMaxAge))
+	}
+	if c.DeltaMaxMsgs < 1000 {
+		errs = append(errs, fmt.Errorf("publisher: DeltaMaxMsgs must be at least 1000 (got %d)", c.DeltaMaxMsgs))
+	}
+	if c.DuplicateWindow < time.Second {
+		errs = append(errs, fmt.Errorf("publisher: DuplicateWindow must be at least 1s (got %s)", c.DuplicateWindow))
+	}
+	if c.ChunkSize < 0 {
+		errs = append(errs, fmt.Errorf("publisher: ChunkSize must not be negative (got %d)", c.ChunkSize))
+	}
+	return errors.Join(errs...)
+}
+
+// Publisher writes to one NATS connection. It is safe for concurrent use, but the caller
+// keeps deltas in revision order (one goroutine publishes deltas).
+type Publisher struct {
+	nc    *nats.Conn
+	js    jetstream.JetStream
+	cfg   Config
+	names protocol.Names
+	read  *protocol.Reader
+}
+
+// ErrTooLarge reports a delta that does not fit in one message; the caller writes the
+// snapshot and publishes a resync delta instead.
+var ErrTooLarge = errors.New("delta larger than the server's max_payload")
+
+// New validates cfg and prepares a publisher on nc. Call EnsureStreams before publishing.
+func New(nc *nats.Conn, cfg Config) (*Publisher, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	names, err := protocol.NewNames(cfg.Prefix)
+	if err != nil {
+		return nil, err
+	}
+	js, err := jetstream.New(nc, jetstream.WithDefaultTimeout(cfg.Timeout))
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	return &Publisher{nc: nc, js: js, cfg: cfg, names: names, read: &protocol.Reader{NC: nc, Names: names}}, nil
+}
+
+// Names returns the subject and stream names in use.
+func (p *Publisher) Names() protocol.Names { return p.names }
+
+// Reader returns a direct-get reader on the same connection.
+func (p *Publisher) Reader() *protocol.Reader { return p.read }
+
+// EnsureStreams creates the delta and snapshot streams, or updates their limits.
+func (p *Publisher) EnsureStreams(ctx context.Context) error {
+	deltas := jetstream.StreamConfig{
+		Name:        p.names.DeltaStream,
+		Description: "Beamline extension registry: one delta per revision",
+		Subjects:    []string{p.names.DeltaSubjects()},
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardOld,
+		MaxAge:      p.cfg.DeltaMaxAge,
+		MaxMsgs:     p.cfg.DeltaMaxMsgs,
+		MaxBytes:    p.cfg.DeltaMaxBytes,
+		Storage:     jetstream.FileStorage,
+		Replicas:    p.cfg.Replicas,
+		Duplicates:  p.cfg.DuplicateWindow,
+		AllowDirect: true,
+	}
+	snaps := jetstream.StreamConfig{
+		Name:        p.names.SnapshotStream,
+		Description: "Beamline extension registry: the latest snapshot (manifest and chunks)",
+		Subjects:    []string{p.names.SnapshotSubjects()},
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardOld,
+		MaxBytes:    p.cfg.SnapshotMaxBytes,
+		Storage:     jetstream.FileStorage,
+		Replicas:    p.cfg.Replicas,
+		AllowDirect: true,
+	}
+	for _, sc := range []jetstream.StreamConfig{deltas, snaps} {
+		if _, err := p.js.CreateOrUpdateStream(ctx, sc); err != nil {
+			return fmt.Errorf("create stream %s: %w", sc.Name, err)
+		}
+	}
+	return nil
+}
+
+func (p *Publisher) maxMessage() int {
+	return int(p.nc.MaxPayload()) - 8*1024
+}
+
+// EncodeDelta returns the message payload of d.
+func EncodeDelta(d *protocol.Delta) ([]byte, error) {
+	if d.Changes == nil {
+		d.Changes = []cache.Change{}
+	}
+	return json.Marshal(d)
+}
+
+// PublishDelta stores the delta of d.Revision (exactly once: a revision already stored is
+// not stored again) and then announces it on the live subject. It returns ErrTooLarge when
+// the payload does not fit in one message.
+func (p *Publisher) PublishDelta(ctx context.Context, d *protocol.Delta, data []byte) error {
+	if len(data) > p.maxMessage() {
+		return fmt.Errorf("%w: delta %d is %d bytes", ErrTooLarge, d.Revision, len(data))
+	}
+	_, err := p.js.PublishMsg(ctx, d.Msg(p.names.DeltaSubject(d.Revision), data),
+		jetstream.WithMsgID(p.names.MsgID(d.Revision)),
+		jetstream.WithExpectLastSequencePerSubject(0))
+	if err != nil {
+		var apiErr *jetstream.APIError
+		if !errors.As(err, &apiErr) || (apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence && apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+			return fmt.Errorf("publish delta %d: %w", d.Revision, err)
+		}
+		// Already stored (a retry whose ack was lost, or another syncer): accept it only if
+		// it is the same revision content.
+		stored, rerr := p.read.Delta(ctx, d.Revision)
+		if rerr != nil {
+			return fmt.Errorf("publish delta %d: already stored, and reading it back failed: %w", d.Revision, rerr)
+		}
+		if stored.Checksum != d.Checksum || stored.PrevRevision != d.PrevRevision {
+			return fmt.Errorf("publish delta %d: the stream already holds a different delta for this revision (prev %d checksum %s, ours prev %d checksum %s)",
+				d.Revision, stored.PrevRevision, stored.Checksum, d.PrevRevision, d.Checksum)
+		}
+	}
+	if err := p.nc.PublishMsg(d.Msg(p.names.Live(), data)); err != nil {
+		return fmt.Errorf("announce delta %d: %w", d.Revision, err)
+	}
+	return nil
+}
+
+// Heartbeat publishes hb on the heartbeat subject (core NATS, not stored).
+func (p *Publisher) Heartbeat(hb *protocol.Heartbeat) error {
+	data, err := json.Marshal(hb)
+	if err != nil {
+		return err
+	}
+	return p.nc.Publish(p.names.Heartbeat(), data)
+}
+
+// LastDelta returns the newest stored delta, or nil when the stream holds none.
+func (p *Publisher) LastDelta(ctx context.Context) (*protocol.Delta, error) {
+	s, err := p.js.Stream(ctx, p.names.DeltaStream)
+	if err != nil {
+		return nil, fmt.Errorf("delta stream: %w", err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("delta stream info: %w", err)
+	}
+	if info.State.Msgs == 0 {
+		return nil, nil
+	}
+	st, err := p.read.BySeq(ctx, p.names.DeltaStream, info.State.LastSeq)
+	if err != nil {
+		return nil, fmt.Errorf("read last delta (seq %d): %w", info.State.LastSeq, err)
+	}
+	d, err := protocol.DecodeDelta(st.Data)
+	if err != nil {
+		return nil, fmt.Errorf("last stored delta (seq %d): %w", info.State.LastSeq, err)
+	}
+	return d, nil
+}
+
+// WriteSnapshot stores snap as chunks followed by its manifest, then purges all but the
+// previous snapshot (a router may still be reading it). Unless force is set, writing the
+// revision of the stored manifest is a no-op, and an older revision than the stored one
+// is never written.
+func (p *Publisher) WriteSnapshot(ctx context.Context, snap *cache.Snapshot, force bool) (*protocol.Manifest, error) {
+	prev, err := p.read.Manifest(ctx)
+	if err != nil && !errors.Is(err, protocol.ErrNotFound) {
+		return nil, fmt.Errorf("read current manifest: %w", err)
+	}
+	if !force && prev != nil && (prev.Revision > snap.Revision() || (prev.Revision == snap.Revision() && prev.Checksum == snap.Checksum())) {
+		return prev, nil
+	}
+	doc, err := snap.Encode()
+	if err != nil {
+		return nil, fmt.Errorf("encode snapshot %d: %w", snap.Revision(), err)
+	}
+	chunk := p.cfg.ChunkSize
+	if chunk == 0 || chunk > p.maxMessage() {
+		chunk = p.maxMessage()
+	}
+	n := (len(doc) + chunk - 1) / chunk
+	subject := p.names.ChunkSubject(snap.Revision())
+	futures := make([]jetstream.PubAckFuture, 0, n)
+	for i := 0; i < n; i++ {
+		part := doc[i*chunk : min(len(doc), (i+1)*chunk)]
+		m := nats.NewMsg(subject)
+		m.Data = part
+		m.Header.Set(protocol.HeaderChunk, strconv.Itoa(i)+"/"+strconv.Itoa(n))
+		m.Header.Set(protocol.HeaderRevision, strconv.FormatInt(snap.Revision(), 10))
+		f, err := p.js.PublishMsgAsync(m)
+		if err != nil {
+			return nil, fmt.Errorf("write snapshot %d chunk %d: %w", snap.Revision(), i, err)
+		}
+		futures = append(futures, f)
+	}
+	seqs := make([]uint64, n)
+	for i, f := range futures {
+		select {
+		case ack := <-f.Ok():
+			seqs[i] = ack.Sequence
+		case err := <-f.Err():
+			return nil, fmt.Errorf("write snapshot %d chunk %d: %w", snap.Revision(), i, err)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	man := &protocol.Manifest{Revision: snap.Revision(), Checksum: snap.Checksum(), Source: snap.Source(),
+		Count: snap.Len(), Size: len(doc), Sequences: seqs, CreatedAt: time.Now().UTC()}
+	data, err := json.Marshal(man)
+	if err != nil {
+		return nil, err
+	}
+	mm := nats.NewMsg(p.names.Manifest())
+	mm.Data = data
+	mm.Header.Set(protocol.HeaderRevision, strconv.FormatInt(man.Revision, 10))
+	mm.Header.Set(protocol.HeaderChecksum, man.Checksum)
+	if _, err := p.js.PublishMsg(ctx, mm); err != nil {
+		return nil, fmt.Errorf("write snapshot %d manifest: %w", snap.Revision(), err)
+	}
+	// Keep the new snapshot and the one before it; purge older chunks and manifests.
+	s, err := p.js.Stream(ctx, p.names.SnapshotStream)
+	if err == nil {
+		keepFrom := seqs[0]
+		if prev != nil && len(prev.Sequences) > 0 && prev.Sequences[0] < keepFrom {
+			keepFrom = prev.Sequences[0]
+		}
+		err = s.Purge(ctx, jetstream.WithPurgeSubject(p.names.ChunkSubjects()), jetstream.WithPurgeSequence(keepFrom))
+		if err == nil {
+			err = s.Purge(ctx, jetstream.WithPurgeSubject(p.names.Manifest()), jetstream.WithPurgeKeep(1))
+		}
+	}
+	if err != nil {
+		return man, fmt.Errorf("purge old snapshots after writing %d: %w", snap.Revision(), err)
+	}
+	return man, nil
+}

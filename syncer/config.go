@@ -1,0 +1,100 @@
+// Package syncer runs the registry sync: leadership through a PostgreSQL advisory lock,
+// following the change log, publishing one delta per revision and a coalesced snapshot,
+// heartbeats, the periodic reconcile that repairs drift under a new revision, the source
+// modes (database, fixtures, auto), and repairing a stream that lost what it acknowledged.
+package syncer
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/beamline/registry-syncer/listener"
+)
+
+// Source modes (EXTENSION_REGISTRY_SOURCE).
+const (
+	SourceDatabase = "database"
+	SourceFixtures = "fixtures"
+	SourceAuto     = "auto"
+)
+
+// Config tunes the syncer. Zero values take the documented defaults.
+type Config struct {
+	// Source is database (default), fixtures or auto.
+	Source string
+	// DatabaseURL of the registry (search_path selects the schema). Required unless
+	// Source is fixtures.
+	DatabaseURL string
+	// FixturesDir holds the fixture files for the fixtures and auto sources; empty means
+	// the built-in defaults.
+	FixturesDir string
+	// SyncInterval is the period of the full reconcile (default 60s).
+	SyncInterval time.Duration
+	// HeartbeatInterval is the period of the heartbeat and of the stream check (default 2s).
+	HeartbeatInterval time.Duration
+	// SnapshotInterval is the least time between two snapshot writes (default 1s): deltas
+	// go out at once, snapshots are coalesced.
+	SnapshotInterval time.Duration
+	// LeaderRetry is how often a standby tries to take the leadership (default 1s).
+	LeaderRetry time.Duration
+	// DatabaseRetry is how often the auto source tries the database while serving fixtures
+	// (default 2s).
+	DatabaseRetry time.Duration
+	// History is the number of published deltas kept in memory to republish what the
+	// stream lost (default 100,000).
+	History int
+	// Batch is the number of revisions read from the change log per query (default 500).
+	Batch int
+	// Listener tunes the LISTEN connection; its URL defaults to DatabaseURL.
+	Listener listener.Config
+	// InstanceID names this process in heartbeats and logs (default hostname:pid).
+	InstanceID string
+}
+
+// WithDefaults fills zero fields.
+func (c Config) WithDefaults() Config {
+	c.Source = cmp.Or(c.Source, SourceDatabase)
+	c.SyncInterval = cmp.Or(c.SyncInterval, 60*time.Second)
+	c.HeartbeatInterval = cmp.Or(c.HeartbeatInterval, 2*time.Second)
+	c.SnapshotInterval = cmp.Or(c.SnapshotInterval, time.Second)
+	c.LeaderRetry = cmp.Or(c.LeaderRetry, time.Second)
+	c.DatabaseRetry = cmp.Or(c.DatabaseRetry, 2*time.Second)
+	c.History = cmp.Or(c.History, 100_000)
+	c.Batch = cmp.Or(c.Batch, 500)
+	c.Listener.URL = cmp.Or(c.Listener.URL, c.DatabaseURL)
+	if c.InstanceID == "" {
+		host, _ := os.Hostname()
+		c.InstanceID = fmt.Sprintf("%s:%d", cmp.Or(host, "syncer"), os.Getpid())
+	}
+	return c
+}
+
+// Validate reports every invalid field at once.
+func (c Config) Validate() error {
+	var errs []error
+	switch c.Source {
+	case SourceDatabase, SourceFixtures, SourceAuto:
+	default:
+		errs = append(errs, fmt.Errorf("syncer: Source must be database, fixtures or auto (got %q)", c.Source))
+	}
+	if c.Source != SourceFixtures && c.DatabaseURL == "" {
+		errs = append(errs, fmt.Errorf("syncer: a database URL is required with source %q", c.Source))
+	}
+	pos := map[string]time.Duration{"SyncInterval": c.SyncInterval, "HeartbeatInterval": c.HeartbeatInterval,
+		"SnapshotInterval": c.SnapshotInterval, "LeaderRetry": c.LeaderRetry, "DatabaseRetry": c.DatabaseRetry}
+	for _, name := range []string{"SyncInterval", "HeartbeatInterval", "SnapshotInterval", "LeaderRetry", "DatabaseRetry"} {
+		if pos[name] <= 0 {
+			errs = append(errs, fmt.Errorf("syncer: %s must be positive (got %s)", name, pos[name]))
+		}
+	}
+	if c.History < 1 {
+		errs = append(errs, fmt.Errorf("syncer: History must be positive (got %d)", c.History))
+	}
+	if c.Batch < 1 {
+		errs = append(errs, fmt.Errorf("syncer: Batch must be positive (got %d)", c.Batch))
+	}
+	return errors.Join(errs...)
+}

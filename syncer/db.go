@@ -1,0 +1,247 @@
+package syncer
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/beamline/registry-syncer/cache"
+)
+
+// revision is one committed registry transaction read from the change log.
+type revision struct {
+	Revision    int64
+	CommittedAt time.Time
+	Changes     []cache.Change
+}
+
+// querier is what the reads need from a pool, a connection or a transaction.
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// readRevisions returns up to limit committed revisions after `after` (and not above
+// upTo when upTo > 0), each with its changes in commit order.
+func readRevisions(ctx context.Context, q querier, after, upTo int64, limit int) ([]revision, error) {
+	if upTo <= 0 {
+		upTo = 1<<63 - 1
+	}
+	rows, err := q.Query(ctx, `
+		SELECT r.revision, r.committed_at, a.entity, a.extension_id, coalesce(a.entity_key, ''), a.action, a.new_values
+		FROM (SELECT revision, xid, committed_at FROM registry_revisions
+		      WHERE revision > $1 AND revision <= $2 ORDER BY revision LIMIT $3) r
+		LEFT JOIN extension_audit_log a ON a.xid = r.xid
+		ORDER BY r.revision, a.seq`, after, upTo, limit)
+	if err != nil {
+		return nil, fmt.Errorf("read change log after revision %d: %w", after, err)
+	}
+	defer rows.Close()
+	var out []revision
+	for rows.Next() {
+		var (
+			rev                     int64
+			at                      time.Time
+			entity, id, key, action *string
+			newValues               []byte
+		)
+		if err := rows.Scan(&rev, &at, &entity, &id, &key, &action, &newValues); err != nil {
+			return nil, fmt.Errorf("read change log: %w", err)
+		}
+		if len(out) == 0 || out[len(out)-1].Revision != rev {
+			out = append(out, revision{Revision: rev, CommittedAt: at})
+		}
+		if entity == nil { // a revision without changes (registry_sync of nothing)
+			continue
+		}
+		ch, err := toChange(*entity, *id, *key, *action, newValues)
+		if err != nil {
+			return nil, fmt.Errorf("change log revision %d: %w", rev, err)
+		}
+		cur := &out[len(out)-1]
+		cur.Changes = append(cur.Changes, ch)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read change log: %w", err)
+	}
+	return out, nil
+}
+
+// toChange turns one change-log row into a protocol change, re-encoding the row to the
+// snapshot's fields only (timestamps and authors are not snapshot data).
+func toChange(entity, id, key, action string, newValues []byte) (cache.Change, error) {
+	kind := map[string]string{"extension": cache.KindExtension, "version": cache.KindVersion,
+		"instance": cache.KindInstance, "aggregate": cache.KindAggregate}[entity]
+	if kind == "" {
+		return cache.Change{}, fmt.Errorf("unknown entity %q", entity)
+	}
+	ch := cache.Change{Kind: kind, ID: id, Key: key}
+	if action == "delete" || len(newValues) == 0 || string(newValues) == "null" {
+		ch.Op = cache.OpDelete
+		return ch, nil
+	}
+	ch.Op = cache.OpPut
+	var v any
+	switch kind {
+	case cache.KindExtension:
+		var e cache.Extension
+		if err := json.Unmarshal(newValues, &e); err != nil {
+			return ch, fmt.Errorf("extension %q: %w", id, err)
+		}
+		e.Versions, e.Instances = nil, nil
+		v = extensionFields(e)
+	case cache.KindVersion:
+		var x cache.Version
+		if err := json.Unmarshal(newValues, &x); err != nil {
+			return ch, fmt.Errorf("version %q/%q: %w", id, key, err)
+		}
+		v = x
+	case cache.KindInstance:
+		var x cache.Instance
+		if err := json.Unmarshal(newValues, &x); err != nil {
+			return ch, fmt.Errorf("instance %q/%q: %w", id, key, err)
+		}
+		v = x
+	case cache.KindAggregate:
+		var e cache.Extension
+		if err := json.Unmarshal(newValues, &e); err != nil {
+			return ch, fmt.Errorf("aggregate %q: %w", id, err)
+		}
+		v = e
+	}
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return ch, err
+	}
+	ch.Value = raw
+	return ch, nil
+}
+
+// extensionFields is an extension's own fields, as carried by a "put extension" change.
+type extensionFieldsDoc struct {
+	ID        string          `json:"id"`
+	Type      string          `json:"type"`
+	Subject   string          `json:"subject"`
+	TimeoutMS int             `json:"timeout_ms"`
+	Retry     int             `json:"retry"`
+	Enabled   bool            `json:"enabled"`
+	Version   string          `json:"version"`
+	Config    json.RawMessage `json:"config"`
+	Metadata  json.RawMessage `json:"metadata"`
+}
+
+func extensionFields(e cache.Extension) extensionFieldsDoc {
+	return extensionFieldsDoc{ID: e.ID, Type: e.Type, Subject: e.Subject, TimeoutMS: e.TimeoutMS, Retry: e.Retry,
+		Enabled: e.Enabled, Version: e.Version, Config: e.Config, Metadata: e.Metadata}
+}
+
+// readFull reads the whole registry in one snapshot of q (a REPEATABLE READ transaction,
+// or any transaction that holds the revision lock) and returns it with its revision.
+func readFull(ctx context.Context, q querier, source string) (*cache.Snapshot, error) {
+	var rev int64
+	if err := q.QueryRow(ctx, `SELECT revision FROM registry_counter`).Scan(&rev); err != nil {
+		return nil, fmt.Errorf("read revision counter: %w", err)
+	}
+	exts := []cache.Extension{}
+	index := map[string]int{}
+	rows, err := q.Query(ctx, `SELECT id, type, subject, timeout_ms, retry, enabled, version, config, metadata FROM extensions ORDER BY id`)
+	if err != nil {
+		return nil, fmt.Errorf("read extensions: %w", err)
+	}
+	for rows.Next() {
+		var e cache.Extension
+		var cfg, md []byte
+		if err := rows.Scan(&e.ID, &e.Type, &e.Subject, &e.TimeoutMS, &e.Retry, &e.Enabled, &e.Version, &cfg, &md); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("read extensions: %w", err)
+		}
+		e.Config, e.Metadata = cfg, md
+		index[e.ID] = len(exts)
+		exts = append(exts, e)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read extensions: %w", err)
+	}
+	rows, err = q.Query(ctx, `SELECT id, version, subject, timeout_ms, retry, enabled, config, metadata, routing_rules FROM extension_versions ORDER BY id, version`)
+	if err != nil {
+		return nil, fmt.Errorf("read extension_versions: %w", err)
+	}
+	for rows.Next() {
+		var id string
+		var v cache.Version
+		var cfg, md, rr []byte
+		if err := rows.Scan(&id, &v.Version, &v.Subject, &v.TimeoutMS, &v.Retry, &v.Enabled, &cfg, &md, &rr); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("read extension_versions: %w", err)
+		}
+		v.Config, v.Metadata, v.RoutingRules = cfg, md, rr
+		if i, ok := index[id]; ok {
+			exts[i].Versions = append(exts[i].Versions, v)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read extension_versions: %w", err)
+	}
+	rows, err = q.Query(ctx, `SELECT extension_id, instance_id, subject, weight, enabled, health_status FROM extension_instances ORDER BY extension_id, instance_id`)
+	if err != nil {
+		return nil, fmt.Errorf("read extension_instances: %w", err)
+	}
+	for rows.Next() {
+		var id string
+		var in cache.Instance
+		if err := rows.Scan(&id, &in.InstanceID, &in.Subject, &in.Weight, &in.Enabled, &in.HealthStatus); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("read extension_instances: %w", err)
+		}
+		if i, ok := index[id]; ok {
+			exts[i].Instances = append(exts[i].Instances, in)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read extension_instances: %w", err)
+	}
+	snap, err := cache.New(rev, source, exts)
+	if err != nil {
+		return nil, fmt.Errorf("registry at revision %d: %w", rev, err)
+	}
+	return snap, nil
+}
+
+// readConsistent reads the whole registry in a read-only REPEATABLE READ transaction.
+func readConsistent(ctx context.Context, pool *pgxpool.Pool) (*cache.Snapshot, error) {
+	var snap *cache.Snapshot
+	err := pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		var err error
+		snap, err = readFull(ctx, tx, "database")
+		return err
+	})
+	return snap, err
+}
+
+// counter reads the last committed revision.
+func counter(ctx context.Context, q querier) (int64, error) {
+	var rev int64
+	if err := q.QueryRow(ctx, `SELECT revision FROM registry_counter`).Scan(&rev); err != nil {
+		return 0, fmt.Errorf("read revision counter: %w", err)
+	}
+	return rev, nil
+}
+
+// isConnError reports errors that mean the database is unreachable rather than wrong.
+func isConnError(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		// admin shutdown, crash shutdown, cannot connect now
+		return pgErr.Code == "57P01" || pgErr.Code == "57P02" || pgErr.Code == "57P03"
+	}
+	return err != nil && !errors.Is(err, context.Canceled)
+}

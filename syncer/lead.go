@@ -1,0 +1,493 @@
+package syncer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/beamline/registry-syncer/cache"
+	"github.com/beamline/registry-syncer/listener"
+	"github.com/beamline/registry-syncer/protocol"
+	"github.com/beamline/registry-syncer/publisher"
+)
+
+// lead publishes while this process holds the leadership: LISTEN first, then restore the
+// published state from NATS, catch up from the change log, and follow it.
+func (s *Syncer) lead(ctx context.Context) error {
+	pool, err := s.Pool()
+	if err != nil {
+		return err
+	}
+	s.update(func(st *Status) { st.Leader, st.Source = true, SourceDatabase })
+	s.metrics.Leader.Set(1)
+	if err := s.ensureStreams(ctx); err != nil {
+		return err
+	}
+	lcfg := s.cfg.Listener
+	lis, err := listener.New(lcfg, s.log, nil)
+	if err != nil {
+		return err
+	}
+	if err := lis.Start(ctx); err != nil {
+		return err
+	}
+	defer lis.Stop()
+	// The first wake-up comes once LISTEN is confirmed: only then is catching up safe
+	// (a commit after this point wakes us again).
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-lis.C():
+	}
+	s.update(func(st *Status) { st.Listening = true })
+	if err := s.restore(ctx, pool); err != nil {
+		return err
+	}
+	if err := s.catchUp(ctx, pool, 0); err != nil {
+		return err
+	}
+
+	reconcile := time.NewTicker(s.cfg.SyncInterval)
+	defer reconcile.Stop()
+	beat := time.NewTicker(s.cfg.HeartbeatInterval)
+	defer beat.Stop()
+	var seenReconnects, seenNotifications int64
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-lis.C():
+			rc, n := lis.Stats()
+			s.metrics.ListenerReconnect.Add(float64(rc - seenReconnects))
+			s.metrics.Notifications.Add(float64(n - seenNotifications))
+			seenReconnects, seenNotifications = rc, n
+			s.update(func(st *Status) { st.Listening = lis.Listening() })
+			if err := s.catchUp(ctx, pool, 0); err != nil {
+				return err
+			}
+		case <-reconcile.C:
+			if err := s.reconcile(ctx, pool); err != nil {
+				return err
+			}
+		case done := <-s.force:
+			err := s.reconcile(ctx, pool)
+			done <- err
+			if err != nil {
+				return err
+			}
+		case <-beat.C:
+			s.update(func(st *Status) { st.Listening = lis.Listening() })
+			s.heartbeat()
+			s.checkStream(ctx)
+		}
+	}
+}
+
+func (s *Syncer) ensureStreams(ctx context.Context) error {
+	for attempt := 1; ; attempt++ {
+		err := s.pub.EnsureStreams(ctx)
+		s.metrics.NATSUp.Set(boolGauge(err == nil))
+		if err == nil {
+			return nil
+		}
+		d := backoff(attempt)
+		s.log.WarnContext(ctx, "syncer: cannot create the streams", "error", err, "attempt", attempt, "sleep_duration", d)
+		if !sleep(ctx, d) {
+			return ctx.Err()
+		}
+	}
+}
+
+// loadPublished rebuilds the state routers have: the stored snapshot plus the stored
+// deltas after it. It returns nil when nothing was ever published. When the chain of
+// deltas after the snapshot is broken, it returns the snapshot's content labelled with the
+// last stored revision, so that whatever is published next continues above it (routers
+// then verify checksums and re-bootstrap if their content differs).
+func (s *Syncer) loadPublished(ctx context.Context) (*cache.Snapshot, error) {
+	r := s.pub.Reader()
+	var snap *cache.Snapshot
+	for attempt := 1; ; attempt++ {
+		var err error
+		snap, _, err = r.Snapshot(ctx)
+		if err == nil {
+			break
+		}
+		if errors.Is(err, protocol.ErrNotFound) || errors.Is(err, protocol.ErrNoStream) {
+			snap = nil
+			break
+		}
+		if !errors.Is(err, protocol.ErrSnapshotMoved) && attempt > 5 {
+			return nil, fmt.Errorf("read published snapshot: %w", err)
+		}
+		if !sleep(ctx, backoff(attempt)) {
+			return nil, ctx.Err()
+		}
+	}
+	last, err := s.lastDelta(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if snap == nil {
+		if last != nil {
+			s.log.WarnContext(ctx, "syncer: the stream holds deltas but no snapshot", "last_revision", last.Revision)
+			return cache.New(last.Revision, last.Source, nil) // content unknown: empty, revision kept
+		}
+		return nil, nil
+	}
+	if last == nil || last.Revision <= snap.Revision() {
+		return snap, nil
+	}
+	// Walk back from the last delta to the snapshot through prev links.
+	chain := []*protocol.Delta{last}
+	for d := last; d.PrevRevision > snap.Revision(); {
+		prev, err := r.Delta(ctx, d.PrevRevision)
+		if err != nil {
+			s.log.WarnContext(ctx, "syncer: stored deltas after the snapshot are incomplete", "snapshot", snap.Revision(), "missing", d.PrevRevision, "error", err)
+			return relabel(snap, last)
+		}
+		chain = append(chain, prev)
+		d = prev
+	}
+	if chain[len(chain)-1].PrevRevision != snap.Revision() {
+		return relabel(snap, last)
+	}
+	for i := len(chain) - 1; i >= 0; i-- {
+		d := chain[i]
+		if d.Resync {
+			s.log.WarnContext(ctx, "syncer: a resync delta is newer than the stored snapshot", "revision", d.Revision)
+			return relabel(snap, last)
+		}
+		next, _, err := snap.Apply(d.Revision, d.Source, d.Changes)
+		if err != nil {
+			return nil, fmt.Errorf("replay stored delta %d: %w", d.Revision, err)
+		}
+		snap = next
+	}
+	return snap, nil
+}
+
+// relabel returns snap's content under the revision and source of last.
+func relabel(snap *cache.Snapshot, last *protocol.Delta) (*cache.Snapshot, error) {
+	out, _, err := snap.Apply(last.Revision, last.Source, nil)
+	return out, err
+}
+
+func (s *Syncer) lastDelta(ctx context.Context) (*protocol.Delta, error) {
+	d, err := s.pub.LastDelta(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read last stored delta: %w", err)
+	}
+	return d, nil
+}
+
+// restore sets the state to continue from: what routers have, and where in the change log
+// it corresponds to.
+func (s *Syncer) restore(ctx context.Context, pool *pgxpool.Pool) error {
+	if s.snap != nil {
+		// Still current if nobody published after us (we led before in this process).
+		last, err := s.lastDelta(ctx)
+		if err != nil {
+			return err
+		}
+		if last == nil || (last.Revision == s.snap.Revision() && last.Checksum == s.snap.Checksum()) {
+			if s.snap.Source() == SourceDatabase {
+				return nil
+			}
+		}
+	}
+	published, err := s.loadPublished(ctx)
+	if err != nil {
+		return err
+	}
+	dbRev, err := counter(ctx, pool)
+	if err != nil {
+		return err
+	}
+	s.metrics.DatabaseRevision.Set(float64(dbRev))
+	switch {
+	case published == nil:
+		snap, err := readConsistent(ctx, pool)
+		if err != nil {
+			return err
+		}
+		s.setPublished(snap, snap.Revision())
+		if err := s.writeSnapshot(ctx, snap); err != nil {
+			return err
+		}
+		s.log.InfoContext(ctx, "syncer: first snapshot published", "revision", snap.Revision(), "extensions", snap.Len())
+		return nil
+	case published.Source() == SourceDatabase && published.Revision() <= dbRev:
+		var exists bool
+		err := pool.QueryRow(ctx, `SELECT $1 = 0 OR EXISTS (SELECT 1 FROM registry_revisions WHERE revision = $1)`, published.Revision()).Scan(&exists)
+		if err != nil {
+			return fmt.Errorf("look up revision %d: %w", published.Revision(), err)
+		}
+		if exists {
+			s.setPublished(published, published.Revision())
+			s.log.InfoContext(ctx, "syncer: continuing from the published revision", "revision", published.Revision(), "database_revision", dbRev)
+			return nil
+		}
+	}
+	// The published state came from fixtures, or the database is behind what was
+	// published (restored from a backup): move the database to a revision above it.
+	s.log.WarnContext(ctx, "syncer: published state does not continue the database's change log; syncing under a new revision",
+		"published_revision", published.Revision(), "published_source", published.Source(), "database_revision", dbRev)
+	rev, err := s.syncToDB(ctx, pool, published, published.Revision(), true)
+	if err != nil {
+		return err
+	}
+	s.setPublished(published, rev-1)
+	return nil
+}
+
+func (s *Syncer) setPublished(snap *cache.Snapshot, cursor int64) {
+	s.snap, s.cursor = snap, cursor
+	s.latest.Store(snap)
+	s.metrics.LastPublished.Set(float64(snap.Revision()))
+	s.metrics.Extensions.Set(float64(snap.Len()))
+	s.update(func(st *Status) {
+		st.Revision, st.Checksum, st.Extensions, st.Source = snap.Revision(), snap.Checksum(), snap.Len(), snap.Source()
+	})
+}
+
+// catchUp publishes every committed revision after the cursor (up to upTo when positive).
+func (s *Syncer) catchUp(ctx context.Context, pool *pgxpool.Pool, upTo int64) error {
+	for {
+		revs, err := readRevisions(ctx, pool, s.cursor, upTo, s.cfg.Batch)
+		s.metrics.DatabaseUp.Set(boolGauge(err == nil))
+		if err != nil {
+			return err
+		}
+		if len(revs) == 0 {
+			dbRev, err := counter(ctx, pool)
+			if err != nil {
+				return err
+			}
+			s.metrics.DatabaseRevision.Set(float64(dbRev))
+			s.update(func(st *Status) { st.DatabaseRevision, st.CaughtUp = dbRev, s.cursor >= dbRev })
+			return nil
+		}
+		s.update(func(st *Status) { st.CaughtUp = false })
+		for _, r := range revs {
+			if err := s.publishRevision(ctx, r); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (s *Syncer) publishRevision(ctx context.Context, r revision) error {
+	next, _, err := s.snap.Apply(r.Revision, SourceDatabase, r.Changes)
+	if err != nil {
+		// Never publish what a router could not apply; stop here and let an operator see it.
+		s.metrics.ApplyErrors.Inc()
+		return fmt.Errorf("revision %d cannot be applied to the published state, not publishing it: %w", r.Revision, err)
+	}
+	d := &protocol.Delta{Revision: r.Revision, PrevRevision: s.snap.Revision(), Checksum: next.Checksum(),
+		Count: next.Len(), Source: SourceDatabase, CommittedAt: r.CommittedAt, Changes: r.Changes}
+	if err := s.publishDelta(ctx, d, next); err != nil {
+		return err
+	}
+	s.cursor = r.Revision
+	s.metrics.Lag.Observe(time.Since(r.CommittedAt).Seconds())
+	return nil
+}
+
+// publishDelta stores d (retrying until NATS takes it or ctx ends) and makes next the
+// published state. A delta too large for one message becomes a snapshot write followed
+// by a resync delta.
+func (s *Syncer) publishDelta(ctx context.Context, d *protocol.Delta, next *cache.Snapshot) error {
+	data, err := publisher.EncodeDelta(d)
+	if err != nil {
+		return err
+	}
+	for attempt := 1; ; attempt++ {
+		err = s.pub.PublishDelta(ctx, d, data)
+		if errors.Is(err, publisher.ErrTooLarge) {
+			if err = s.writeSnapshot(ctx, next); err == nil {
+				d = &protocol.Delta{Revision: d.Revision, PrevRevision: d.PrevRevision, Checksum: d.Checksum,
+					Count: d.Count, Source: d.Source, CommittedAt: d.CommittedAt, Resync: true, Changes: []cache.Change{}}
+				if data, err = publisher.EncodeDelta(d); err == nil {
+					err = s.pub.PublishDelta(ctx, d, data)
+				}
+			}
+		}
+		s.metrics.NATSUp.Set(boolGauge(err == nil))
+		if err == nil {
+			break
+		}
+		s.metrics.PublishErrors.Inc()
+		wait := backoff(attempt)
+		s.log.WarnContext(ctx, "syncer: publish failed, retrying", "revision", d.Revision, "error", err, "attempt", attempt, "sleep_duration", wait)
+		if !sleep(ctx, wait) {
+			return ctx.Err()
+		}
+	}
+	s.history.add(published{delta: d, data: data})
+	s.metrics.Revisions.Inc()
+	s.setPublished(next, s.cursor)
+	select {
+	case s.snapWake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// reconcile compares a consistent full read of the database with the published state and
+// repairs any difference under a new revision.
+func (s *Syncer) reconcile(ctx context.Context, pool *pgxpool.Pool) error {
+	s.metrics.ReconcileRuns.Inc()
+	db, err := readConsistent(ctx, pool)
+	if err != nil {
+		return fmt.Errorf("reconcile: %w", err)
+	}
+	if err := s.catchUp(ctx, pool, db.Revision()); err != nil {
+		return err
+	}
+	if s.cursor == db.Revision() && s.snap.Checksum() == db.Checksum() {
+		return nil
+	}
+	if s.cursor != db.Revision() {
+		return fmt.Errorf("reconcile: published state at change-log revision %d, database read at %d", s.cursor, db.Revision())
+	}
+	drift := s.snap.Diff(db)
+	s.log.WarnContext(ctx, "syncer: reconcile found drift between the published state and the database; repairing",
+		"revision", db.Revision(), "extensions", len(drift), "ids", head(drift, 20))
+	s.metrics.DriftExtensions.Add(float64(len(drift)))
+	rev, err := s.syncToDB(ctx, pool, nil, 0, false)
+	if err != nil {
+		return err
+	}
+	if rev > 0 {
+		s.metrics.ReconcileRepairs.Inc()
+	}
+	return s.catchUp(ctx, pool, 0)
+}
+
+func head(ids []string, n int) []string {
+	if len(ids) > n {
+		return ids[:n]
+	}
+	return ids
+}
+
+// syncToDB writes a 'sync' revision that turns base (the published state; nil means the
+// current one after catching up) into the database's content, under the revision lock so
+// that nothing commits between the read and the new revision. The revision is above floor.
+// Without always, nothing is written when there is no difference (returns 0).
+func (s *Syncer) syncToDB(ctx context.Context, pool *pgxpool.Pool, base *cache.Snapshot, floor int64, always bool) (int64, error) {
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("sync: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	var locked int64
+	if err := tx.QueryRow(ctx, `SELECT revision FROM registry_counter FOR UPDATE`).Scan(&locked); err != nil {
+		return 0, fmt.Errorf("sync: take the revision lock: %w", err)
+	}
+	if base == nil {
+		// Revisions committed before we took the lock are published first.
+		if err := s.catchUp(ctx, pool, locked); err != nil {
+			return 0, err
+		}
+		base = s.snap
+	}
+	db, err := readFull(ctx, tx, SourceDatabase)
+	if err != nil {
+		return 0, fmt.Errorf("sync: %w", err)
+	}
+	ids := base.Diff(db)
+	if len(ids) == 0 && !always {
+		return 0, nil
+	}
+	var xid string
+	if _, err := tx.Exec(ctx, `SELECT registry_sync($1::text[], $2)`, ids, floor); err != nil {
+		return 0, fmt.Errorf("sync: registry_sync: %w", err)
+	}
+	if err := tx.QueryRow(ctx, `SELECT pg_current_xact_id()::text`).Scan(&xid); err != nil {
+		return 0, fmt.Errorf("sync: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, fmt.Errorf("sync: commit: %w", err)
+	}
+	var rev int64
+	if err := pool.QueryRow(ctx, `SELECT revision FROM registry_revisions WHERE xid = $1::xid8`, xid).Scan(&rev); err != nil {
+		return 0, fmt.Errorf("sync: read the new revision: %w", err)
+	}
+	s.log.InfoContext(ctx, "syncer: wrote a sync revision", "revision", rev, "extensions", len(ids), "floor", floor)
+	return rev, nil
+}
+
+func (s *Syncer) heartbeat() {
+	snap := s.snap
+	if snap == nil {
+		return
+	}
+	err := s.pub.Heartbeat(&protocol.Heartbeat{Revision: snap.Revision(), Checksum: snap.Checksum(), Source: snap.Source(),
+		Time: time.Now().UTC(), IntervalMS: s.cfg.HeartbeatInterval.Milliseconds(), Syncer: s.cfg.InstanceID})
+	if err != nil {
+		s.metrics.PublishErrors.Inc()
+	}
+}
+
+// checkStream finds what the stream lost (a NATS crash can lose acknowledged messages that
+// were not yet synced to disk, or the stream can be deleted) and republishes it.
+func (s *Syncer) checkStream(ctx context.Context) {
+	if s.snap == nil {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	last, err := s.pub.LastDelta(cctx)
+	if err != nil {
+		s.metrics.NATSUp.Set(0)
+		if errors.Is(err, protocol.ErrNoStream) || isStreamMissing(err) {
+			if err := s.pub.EnsureStreams(cctx); err != nil {
+				return
+			}
+			last = nil
+		} else {
+			return
+		}
+	}
+	s.metrics.NATSUp.Set(1)
+	if m, err := s.pub.Reader().Manifest(cctx); errors.Is(err, protocol.ErrNotFound) || errors.Is(err, protocol.ErrNoStream) || (err == nil && m.Revision < s.written.Load()) {
+		s.log.WarnContext(ctx, "syncer: the stored snapshot is missing or older than written; rewriting it")
+		s.snapForce.Store(true)
+		select {
+		case s.snapWake <- struct{}{}:
+		default:
+		}
+	}
+	lastRev := int64(0)
+	if last != nil {
+		lastRev = last.Revision
+	}
+	if lastRev >= s.snap.Revision() {
+		return
+	}
+	missing, contiguous := s.history.after(lastRev)
+	if len(missing) == 0 {
+		return // nothing of ours is missing (the state came from a snapshot only)
+	}
+	if !contiguous {
+		s.log.ErrorContext(ctx, "syncer: the stream lost deltas older than the retained history; routers behind will re-bootstrap from the snapshot",
+			"stream_last", lastRev, "history_from", missing[0].delta.Revision)
+		s.snapForce.Store(true)
+	}
+	s.log.WarnContext(ctx, "syncer: the stream lacks published deltas; republishing them", "stream_last", lastRev, "published", s.snap.Revision(), "count", len(missing))
+	for _, p := range missing {
+		if err := s.pub.PublishDelta(ctx, p.delta, p.data); err != nil {
+			s.metrics.PublishErrors.Inc()
+			s.log.WarnContext(ctx, "syncer: republish failed", "revision", p.delta.Revision, "error", err)
+			return
+		}
+		s.metrics.Republished.Inc()
+	}
+}
+
+func isStreamMissing(err error) bool { return errors.Is(err, jetstream.ErrStreamNotFound) }

@@ -1,0 +1,66 @@
+package syncer
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are the syncer's Prometheus metrics, registered on an injected registry.
+type Metrics struct {
+	Notifications     prometheus.Counter
+	Revisions         prometheus.Counter
+	PublishErrors     prometheus.Counter
+	Republished       prometheus.Counter
+	ReconcileRuns     prometheus.Counter
+	ReconcileRepairs  prometheus.Counter
+	DriftExtensions   prometheus.Counter
+	ApplyErrors       prometheus.Counter
+	SnapshotWrites    prometheus.Counter
+	ListenerReconnect prometheus.Counter
+	LastPublished     prometheus.Gauge
+	DatabaseRevision  prometheus.Gauge
+	SnapshotRevision  prometheus.Gauge
+	SnapshotBytes     prometheus.Gauge
+	Extensions        prometheus.Gauge
+	Leader            prometheus.Gauge
+	DatabaseUp        prometheus.Gauge
+	NATSUp            prometheus.Gauge
+	Lag               prometheus.Histogram
+}
+
+// NewMetrics creates the metrics and registers them on reg (nil: not registered).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	c := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: "registry_syncer", Name: name, Help: help})
+	}
+	g := func(name, help string) prometheus.Gauge {
+		return prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "registry_syncer", Name: name, Help: help})
+	}
+	m := &Metrics{
+		Notifications:     c("notifications_total", "Wake-ups received from the LISTEN connection."),
+		Revisions:         c("revisions_published_total", "Revisions published as deltas."),
+		PublishErrors:     c("publish_errors_total", "Failed attempts to publish a delta, snapshot or heartbeat."),
+		Republished:       c("republished_total", "Deltas republished because the stream had lost them."),
+		ReconcileRuns:     c("reconcile_runs_total", "Full reconciles of the cache against the database."),
+		ReconcileRepairs:  c("reconcile_repairs_total", "Reconciles that found drift and repaired it under a new revision."),
+		DriftExtensions:   c("drift_extensions_total", "Extensions found different from the database by a reconcile."),
+		ApplyErrors:       c("apply_errors_total", "Revisions from the change log that could not be applied (not published)."),
+		SnapshotWrites:    c("snapshot_writes_total", "Snapshots written to the snapshot stream."),
+		ListenerReconnect: c("listener_reconnects_total", "Reconnects of the LISTEN connection."),
+		LastPublished:     g("last_published_revision", "The last revision published."),
+		DatabaseRevision:  g("database_revision", "The last committed revision seen in the database."),
+		SnapshotRevision:  g("snapshot_revision", "The revision of the last snapshot written."),
+		SnapshotBytes:     g("snapshot_bytes", "Size of the last snapshot written, in bytes."),
+		Extensions:        g("extensions", "Extensions in the published snapshot."),
+		Leader:            g("leader", "1 while this process is the publishing leader."),
+		DatabaseUp:        g("database_up", "1 while the database answers."),
+		NATSUp:            g("nats_up", "1 while the NATS connection is up."),
+		Lag: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "registry_syncer", Name: "commit_to_publish_seconds",
+			Help:    "Time from a registry transaction's commit to its delta being stored and announced.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.Notifications, m.Revisions, m.PublishErrors, m.Republished, m.ReconcileRuns,
+			m.ReconcileRepairs, m.DriftExtensions, m.ApplyErrors, m.SnapshotWrites, m.ListenerReconnect,
+			m.LastPublished, m.DatabaseRevision, m.SnapshotRevision, m.SnapshotBytes, m.Extensions, m.Leader,
+			m.DatabaseUp, m.NATSUp, m.Lag)
+	}
+	return m
+}

@@ -1,0 +1,67 @@
+package syncer
+
+import (
+	"context"
+	"time"
+
+	"github.com/beamline/registry-syncer/cache"
+)
+
+// snapshotWriter writes the newest published state as the durable snapshot, at most once
+// per SnapshotInterval: deltas go out at once, snapshot writes coalesce.
+func (s *Syncer) snapshotWriter(ctx context.Context) {
+	attempt := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.snapWake:
+		}
+		snap := s.latest.Load()
+		if snap == nil || (snap.Revision() <= s.written.Load() && !s.snapForce.Load()) {
+			continue
+		}
+		if err := s.writeSnapshot(ctx, snap); err != nil {
+			attempt++
+			wait := backoff(attempt)
+			s.log.WarnContext(ctx, "syncer: snapshot write failed, retrying", "revision", snap.Revision(), "error", err, "attempt", attempt, "sleep_duration", wait)
+			if !sleep(ctx, wait) {
+				return
+			}
+			select {
+			case s.snapWake <- struct{}{}:
+			default:
+			}
+			continue
+		}
+		attempt = 0
+		if !sleep(ctx, s.cfg.SnapshotInterval) {
+			return
+		}
+	}
+}
+
+// writeSnapshot stores snap as the durable snapshot unless a newer one was written.
+func (s *Syncer) writeSnapshot(ctx context.Context, snap *cache.Snapshot) error {
+	s.snapMu.Lock()
+	defer s.snapMu.Unlock()
+	force := s.snapForce.Swap(false)
+	if snap.Revision() < s.written.Load() || (snap.Revision() == s.written.Load() && !force) {
+		return nil
+	}
+	start := time.Now()
+	man, err := s.pub.WriteSnapshot(ctx, snap, force)
+	if err != nil {
+		if force {
+			s.snapForce.Store(true)
+		}
+		s.metrics.PublishErrors.Inc()
+		return err
+	}
+	s.written.Store(man.Revision)
+	s.metrics.SnapshotWrites.Inc()
+	s.metrics.SnapshotRevision.Set(float64(man.Revision))
+	s.metrics.SnapshotBytes.Set(float64(man.Size))
+	s.log.DebugContext(ctx, "syncer: snapshot written", "revision", man.Revision, "bytes", man.Size, "chunks", len(man.Sequences), "duration", time.Since(start))
+	return nil
+}
