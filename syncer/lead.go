@@ -252,6 +252,14 @@ func (s *Syncer) setPublished(snap *cache.Snapshot, cursor int64) {
 	s.update(func(st *Status) {
 		st.Revision, st.Checksum, st.Extensions, st.Source = snap.Revision(), snap.Checksum(), snap.Len(), snap.Source()
 	})
+	s.kickSnapshotWriter()
+}
+
+func (s *Syncer) kickSnapshotWriter() {
+	select {
+	case s.snapWake <- struct{}{}:
+	default:
+	}
 }
 
 // catchUp publishes every committed revision after the cursor (up to upTo when positive).
@@ -330,10 +338,6 @@ func (s *Syncer) publishDelta(ctx context.Context, d *protocol.Delta, next *cach
 	s.history.add(published{delta: d, data: data})
 	s.metrics.Revisions.Inc()
 	s.setPublished(next, s.cursor)
-	select {
-	case s.snapWake <- struct{}{}:
-	default:
-	}
 	return nil
 }
 
@@ -458,10 +462,7 @@ func (s *Syncer) checkStream(ctx context.Context) {
 	if m, err := s.pub.Reader().Manifest(cctx); errors.Is(err, protocol.ErrNotFound) || errors.Is(err, protocol.ErrNoStream) || (err == nil && m.Revision < s.written.Load()) {
 		s.log.WarnContext(ctx, "syncer: the stored snapshot is missing or older than written; rewriting it")
 		s.snapForce.Store(true)
-		select {
-		case s.snapWake <- struct{}{}:
-		default:
-		}
+		s.kickSnapshotWriter()
 	}
 	lastRev := int64(0)
 	if last != nil {

@@ -28,10 +28,7 @@ func (s *Syncer) snapshotWriter(ctx context.Context) {
 			if !sleep(ctx, wait) {
 				return
 			}
-			select {
-			case s.snapWake <- struct{}{}:
-			default:
-			}
+			s.kickSnapshotWriter()
 			continue
 		}
 		attempt = 0
