@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/kelseyhightower/envconfig"
 )
@@ -123,13 +122,11 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w, "Usage: syncer <command> [arguments]")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Commands:")
-	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 	for _, c := range commands {
-		fmt.Fprintf(tw, "  %s\t%s\n", strings.TrimSpace(c.name+" "+c.args), c.summary)
+		fmt.Fprintf(w, "  %s\n      %s\n", strings.TrimSpace(c.name+" "+c.args), c.summary)
 	}
-	_ = tw.Flush()
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Configuration comes from EXTENSION_REGISTRY_* environment variables: see `syncer help`.")
+	fmt.Fprintln(w, "Configuration comes from EXTENSION_REGISTRY_* environment variables (syncer help lists them).")
 }
 
 func commandUsage(w io.Writer, c *command) {

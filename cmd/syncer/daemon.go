@@ -169,6 +169,7 @@ func drain(ctx context.Context, nc *nats.Conn, closed <-chan struct{}, log *slog
 	defer t.Stop()
 	select {
 	case <-closed:
+		log.InfoContext(ctx, "nats: drained and closed")
 	case <-t.C:
 		log.WarnContext(ctx, "nats: drain did not finish, closing")
 		nc.Close()
