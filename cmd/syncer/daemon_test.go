@@ -273,3 +273,21 @@ func TestRunNATSUnreachable(t *testing.T) {
 		t.Error("the NATS password was printed")
 	}
 }
+
+// TestRunPortInUse: run fails at once when its HTTP port is taken.
+func TestRunPortInUse(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	nats := harness.NewNATS(t, harness.NATSOptions{})
+	r := runCLI(t, context.Background(), envMap{
+		"EXTENSION_REGISTRY_NATS_URL":  nats.URL(),
+		"EXTENSION_REGISTRY_HTTP_ADDR": l.Addr().String(),
+	}, "run")
+	if r.code != exitError || !strings.Contains(r.stderr, "syncer: admin: listen on "+l.Addr().String()) {
+		t.Fatalf("exit %d, want 1 naming the address", r.code)
+	}
+}
