@@ -1,0 +1,574 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/beamline/registry-syncer/cache"
+	"github.com/beamline/registry-syncer/protocol"
+)
+
+// goal is what the client knows it is missing. While a goal is pending the
+// client retries, with backoff, to reach it from the stored deltas and the
+// stored snapshot; live deltas that extend the served revision still apply.
+type goal struct {
+	target   int64  // revision to reach
+	checksum string // content expected at target ("": any verified content)
+	hard     bool   // deltas cannot extend the served content to the target (missing, resync, drift): read a snapshot first
+	probe    bool   // also catch up with the stream's newest delta (the target is unknown)
+	reason   string
+}
+
+// loopState belongs to the run goroutine.
+type loopState struct {
+	need        *goal
+	attempt     int
+	lastAttempt time.Time
+	timer       *time.Timer
+	armed       bool
+	due         time.Time
+	dropped     int
+	badSnapshot string // manifest of the last snapshot rejected, not read again
+	badStored   string // last stored payload rejected, not reported again
+	readyClosed bool
+}
+
+const (
+	backoffMin = 50 * time.Millisecond
+	backoffMax = 2 * time.Second
+	// maxChain bounds how many stored deltas are fetched to bridge one gap;
+	// beyond it the snapshot is read instead.
+	maxChain = 10_000
+	// snapshotMovedRetries bounds immediate rereads when the snapshot is
+	// replaced while being read.
+	snapshotMovedRetries = 3
+)
+
+var (
+	// errMissing: a delta needed to bridge a gap is not stored (aged out, lost,
+	// or the revisions jump); the snapshot must catch up.
+	errMissing = errors.New("stored delta missing")
+	// errNeedSnapshot: deltas cannot lead from the served state to the target.
+	errNeedSnapshot = errors.New("deltas cannot reach the target; a snapshot is needed")
+	// errBehind: the stored snapshot is not newer than the served one yet.
+	errBehind = errors.New("the stored snapshot is not newer than the served one yet")
+)
+
+func (c *Client) run(ctx context.Context) {
+	defer close(c.done)
+	defer unsubscribe(c.subs)
+	c.loop.timer = time.NewTimer(time.Hour)
+	c.loop.timer.Stop()
+	defer c.loop.timer.Stop()
+
+	if c.testBeforeBootstrap != nil {
+		c.testBeforeBootstrap()
+	}
+	live, heartbeat := c.names.Live(), c.names.Heartbeat()
+	c.loop.need = &goal{reason: "bootstrap"}
+	c.resync(ctx)
+	for {
+		var msgs chan *nats.Msg
+		if c.snap.Load() != nil {
+			// Before the first snapshot, messages wait in the channel: those that
+			// arrive while the snapshot is read are applied or ignored after it.
+			msgs = c.msgs
+		}
+		var timer <-chan time.Time
+		if c.loop.armed {
+			timer = c.loop.timer.C
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case m := <-msgs:
+			switch m.Subject {
+			case live:
+				c.handleDelta(ctx, m)
+			case heartbeat:
+				c.handleHeartbeat(ctx, m)
+			}
+			c.checkDropped(ctx)
+		case <-timer:
+			c.loop.armed = false
+			c.resync(ctx)
+		}
+	}
+}
+
+// handleDelta processes one message from the live subject.
+func (c *Client) handleDelta(ctx context.Context, m *nats.Msg) {
+	d, err := protocol.DeltaFromMsg(m)
+	if err != nil {
+		c.reject(ctx, fmt.Errorf("%w: live message: %w", ErrRejected, err))
+		c.want(ctx, goal{probe: true, reason: "rejected live message"})
+		return
+	}
+	c.heard()
+	cur := c.snap.Load()
+	switch {
+	case c.isFallback(cur):
+		c.want(ctx, goal{target: d.Revision, checksum: d.Checksum, reason: "replace the fallback"})
+		c.hurry() // the registry is there: read its snapshot soon
+	case d.Revision <= cur.Revision():
+		c.log.DebugContext(ctx, "client: delta already applied", slog.Int64("revision", d.Revision), slog.Int64("served", cur.Revision()))
+	case d.Resync:
+		c.want(ctx, goal{target: d.Revision, checksum: d.Checksum, hard: true, reason: "resync delta"})
+	case d.PrevRevision == cur.Revision() && (c.loop.need == nil || !c.loop.need.hard):
+		if err := c.applyDelta(d, "live"); err != nil {
+			c.reject(ctx, err)
+			c.want(ctx, goal{probe: true, reason: "rejected live delta"})
+			return
+		}
+		if n := c.loop.need; n != nil && c.satisfied(n) {
+			c.reached(ctx)
+		}
+	default:
+		c.want(ctx, goal{target: d.Revision, checksum: d.Checksum, reason: "gap"})
+	}
+}
+
+// handleHeartbeat processes one message from the heartbeat subject.
+func (c *Client) handleHeartbeat(ctx context.Context, m *nats.Msg) {
+	h, err := protocol.DecodeHeartbeat(m.Data)
+	if err != nil {
+		c.reject(ctx, fmt.Errorf("%w: heartbeat: %w", ErrRejected, err))
+		c.want(ctx, goal{probe: true, reason: "rejected heartbeat"})
+		return
+	}
+	c.heard()
+	cur := c.snap.Load()
+	switch {
+	case c.isFallback(cur):
+		c.want(ctx, goal{target: h.Revision, checksum: h.Checksum, reason: "replace the fallback"})
+		c.hurry()
+	case h.Revision > cur.Revision():
+		c.want(ctx, goal{target: h.Revision, checksum: h.Checksum, reason: "heartbeat ahead"})
+	case h.Revision < cur.Revision():
+		// An older syncer, or a heartbeat sent before the last delta: nothing to learn.
+	case h.Checksum != "" && h.Checksum != cur.Checksum():
+		c.want(ctx, goal{target: h.Revision, checksum: h.Checksum, hard: true, reason: "drift"})
+	default:
+		// The syncer confirms the served state.
+		if n := c.loop.need; n != nil && !n.probe && !c.isFallback(cur) {
+			c.log.InfoContext(ctx, "client: heartbeat confirms the served revision; resync abandoned",
+				slog.Int64("revision", cur.Revision()), slog.Int64("target", n.target), slog.String("reason", n.reason))
+			c.reached(ctx)
+		}
+	}
+}
+
+// checkDropped notices messages the connection dropped because the buffer was
+// full: they may be deltas, so catch up with the stream.
+func (c *Client) checkDropped(ctx context.Context) {
+	n := 0
+	for _, s := range c.subs {
+		if d, err := s.Dropped(); err == nil {
+			n += d
+		}
+	}
+	if n > c.loop.dropped {
+		c.log.WarnContext(ctx, "client: live messages dropped (buffer full); catching up from the stream",
+			slog.Int("dropped", n-c.loop.dropped), slog.Int("buffer_size", c.cfg.BufferSize))
+		c.loop.dropped = n
+		c.want(ctx, goal{probe: true, reason: "dropped messages"})
+	}
+}
+
+// want records a goal, merging it into the pending one. A new goal is worked
+// on at once; a pending one is retried soon.
+func (c *Client) want(ctx context.Context, g goal) {
+	if n := c.loop.need; n != nil {
+		if g.target > n.target || (g.target == n.target && g.checksum != "") {
+			n.target, n.checksum = g.target, g.checksum
+		}
+		n.hard = n.hard || g.hard
+		n.probe = n.probe || g.probe
+		return // retried on schedule: more gap news does not make a lagging snapshot newer
+	}
+	c.resyncs.Add(1)
+	c.loop.need = &g
+	c.loop.attempt = 0
+	c.log.InfoContext(ctx, "client: resyncing", slog.String("reason", g.reason),
+		slog.Int64("revision", c.Revision()), slog.Int64("target", g.target))
+	c.resync(ctx)
+}
+
+// reached drops the pending goal.
+func (c *Client) reached(ctx context.Context) {
+	n := c.loop.need
+	c.loop.need = nil
+	c.loop.attempt = 0
+	c.loop.timer.Stop()
+	c.loop.armed = false
+	if n.reason != "bootstrap" {
+		c.log.InfoContext(ctx, "client: resynced", slog.String("reason", n.reason), slog.Int64("revision", c.Revision()))
+	}
+}
+
+// satisfied reports whether the served snapshot meets g.
+func (c *Client) satisfied(g *goal) bool {
+	cur := c.snap.Load()
+	if cur == nil || c.isFallback(cur) || g.probe {
+		return false
+	}
+	return cur.Revision() > g.target ||
+		(cur.Revision() == g.target && (g.checksum == "" || g.checksum == cur.Checksum()))
+}
+
+// resync makes one attempt at the pending goal and schedules the next one if
+// the goal is not reached.
+func (c *Client) resync(ctx context.Context) {
+	g := c.loop.need
+	if g == nil {
+		return
+	}
+	c.loop.attempt++
+	c.loop.lastAttempt = time.Now()
+	err := c.tryResync(ctx, g)
+	if ctx.Err() != nil {
+		return
+	}
+	if c.snap.Load() == nil {
+		c.useFallback(ctx)
+	}
+	if !c.loop.readyClosed && c.snap.Load() != nil {
+		// The first snapshot is served and the deltas stored after it applied
+		// (or found missing): Start(WaitBootstrap) may return.
+		c.loop.readyClosed = true
+		close(c.ready)
+	}
+	if c.satisfied(g) {
+		c.reached(ctx)
+		return
+	}
+	wait := backoff(c.loop.attempt)
+	if c.snap.Load() == nil && c.cfg.Fallback != nil {
+		if left := time.Until(time.Unix(0, c.startedAt.Load()).Add(c.cfg.FallbackAfter)); left > 0 {
+			wait = min(wait, left)
+		}
+	}
+	level := slog.LevelWarn
+	if errors.Is(err, errBehind) || (c.base() == nil && c.loop.attempt > 1 && c.loop.attempt%10 != 0) {
+		level = slog.LevelDebug // expected while a snapshot lags; repeated while none exists
+	}
+	c.log.Log(ctx, level, "client: resync incomplete; retrying", slog.String("reason", g.reason),
+		slog.Int64("revision", c.Revision()), slog.Int64("target", g.target), slog.Any("error", err),
+		slog.Int("attempt", c.loop.attempt), slog.Duration("sleep_duration", wait))
+	c.schedule(wait)
+}
+
+// tryResync moves towards g: through the stored deltas when the served state
+// can be extended, else (or when they are missing) from the stored snapshot,
+// followed by the deltas stored after it.
+func (c *Client) tryResync(ctx context.Context, g *goal) error {
+	var deltaErr error
+	if c.base() != nil && !g.hard {
+		deltaErr = c.catchUp(ctx, g)
+		if deltaErr == nil {
+			if c.satisfied(g) {
+				return nil
+			}
+			g.hard = true // at the target, with other content than announced
+		} else if needsSnapshot(deltaErr) {
+			g.hard = true // retries read the snapshot first
+		}
+	}
+	installed, err := c.fromSnapshot(ctx, g)
+	if err != nil {
+		return errors.Join(deltaErr, err)
+	}
+	if !installed {
+		return errors.Join(deltaErr, errBehind)
+	}
+	g.hard = false
+	if err := c.catchUp(ctx, g); err != nil {
+		g.hard = needsSnapshot(err)
+		return err
+	}
+	return nil
+}
+
+// needsSnapshot reports whether a catch-up failure can only be repaired by a
+// newer snapshot (rather than by retrying the same reads).
+func needsSnapshot(err error) bool {
+	return errors.Is(err, errNeedSnapshot) || errors.Is(err, errMissing)
+}
+
+// base is the served snapshot when deltas may extend it (not the fallback).
+func (c *Client) base() *cache.Snapshot {
+	cur := c.snap.Load()
+	if cur == nil || c.isFallback(cur) {
+		return nil
+	}
+	return cur
+}
+
+// catchUp applies the stored deltas that lead from the served revision to the
+// newer of g.target and the stream's newest delta, walking back through
+// prev_revision links (so revisions may jump) and applying in order.
+func (c *Client) catchUp(ctx context.Context, g *goal) error {
+	cur := c.base()
+	tip, err := c.lastStored(ctx)
+	if err != nil {
+		return err
+	}
+	target := g.target
+	if tip != nil && tip.Revision > target {
+		target = tip.Revision
+		g.target, g.checksum = tip.Revision, tip.Checksum
+	}
+	if target <= cur.Revision() {
+		g.probe = false
+		return nil
+	}
+	d := tip
+	if d == nil || d.Revision != target {
+		if d, err = c.fetch(ctx, target); err != nil {
+			return err
+		}
+	}
+	chain := []*protocol.Delta{d}
+	for d.PrevRevision > cur.Revision() {
+		if len(chain) >= maxChain {
+			return fmt.Errorf("%w: more than %d deltas behind", errNeedSnapshot, maxChain)
+		}
+		if d, err = c.fetch(ctx, d.PrevRevision); err != nil {
+			return err
+		}
+		chain = append(chain, d)
+	}
+	if d.PrevRevision != cur.Revision() {
+		return fmt.Errorf("%w: stored delta %d follows revision %d, not the served %d", errNeedSnapshot, d.Revision, d.PrevRevision, cur.Revision())
+	}
+	slices.Reverse(chain)
+	for _, d := range chain {
+		if d.Resync {
+			return fmt.Errorf("%w: delta %d is a resync delta", errNeedSnapshot, d.Revision)
+		}
+		if err := c.applyDelta(d, "stored"); err != nil {
+			c.rejectStored(ctx, err)
+			return fmt.Errorf("%w: %w", errNeedSnapshot, err)
+		}
+	}
+	g.probe = false
+	c.log.DebugContext(ctx, "client: caught up from the stream", slog.Int("deltas", len(chain)), slog.Int64("revision", c.Revision()))
+	return nil
+}
+
+// lastStored returns the newest stored delta (nil when none is stored).
+func (c *Client) lastStored(ctx context.Context) (*protocol.Delta, error) {
+	rctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+	defer cancel()
+	st, err := c.reader.Last(rctx, c.names.DeltaStream, c.names.DeltaSubjects())
+	if errors.Is(err, protocol.ErrNotFound) || errors.Is(err, protocol.ErrNoStream) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the newest stored delta: %w", err)
+	}
+	d, err := protocol.DecodeDelta(st.Data)
+	if err != nil {
+		err = fmt.Errorf("%w: newest stored delta (%s): %w", ErrRejected, st.Subject, err)
+		c.rejectStored(ctx, err)
+		return nil, fmt.Errorf("%w: %w", errNeedSnapshot, err)
+	}
+	return d, nil
+}
+
+// fetch reads the stored delta of revision rev.
+func (c *Client) fetch(ctx context.Context, rev int64) (*protocol.Delta, error) {
+	rctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+	defer cancel()
+	d, err := c.reader.Delta(rctx, rev)
+	switch {
+	case err == nil:
+		return d, nil
+	case errors.Is(err, protocol.ErrNotFound), errors.Is(err, protocol.ErrNoStream):
+		return nil, fmt.Errorf("%w: revision %d", errMissing, rev)
+	case errors.Is(err, protocol.ErrInvalid):
+		err = fmt.Errorf("%w: %w", ErrRejected, err)
+		c.rejectStored(ctx, err)
+		return nil, fmt.Errorf("%w: %w", errNeedSnapshot, err)
+	default:
+		return nil, fmt.Errorf("read stored delta %d: %w", rev, err)
+	}
+}
+
+// fromSnapshot reads the stored snapshot and installs it when it may replace
+// the served one: always over nothing or the fallback, else when it is newer or
+// holds other content at the same revision (the syncer's content wins). It
+// reports whether it installed one.
+func (c *Client) fromSnapshot(ctx context.Context, g *goal) (bool, error) {
+	cur := c.snap.Load()
+	mctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+	m, err := c.reader.Manifest(mctx)
+	cancel()
+	if err != nil {
+		if errors.Is(err, protocol.ErrInvalid) {
+			err = fmt.Errorf("%w: snapshot manifest: %w", ErrRejected, err)
+			c.rejectStored(ctx, err)
+		}
+		return false, fmt.Errorf("read the snapshot manifest: %w", err)
+	}
+	if !c.replaces(cur, m.Revision, m.Checksum) {
+		return false, nil
+	}
+	if maxSize := int64(len(m.Sequences)) * c.nc.MaxPayload(); int64(m.Size) > maxSize {
+		// Checked before reading: the reader would allocate m.Size bytes up front.
+		err := fmt.Errorf("%w: %w: snapshot manifest %d: size %d does not fit in %d chunks of at most %d bytes",
+			ErrRejected, protocol.ErrInvalid, m.Revision, m.Size, len(m.Sequences), c.nc.MaxPayload())
+		c.rejectStored(ctx, err)
+		return false, err
+	}
+	key := fmt.Sprint(m.Revision, m.Checksum, m.Sequences)
+	if key == c.loop.badSnapshot {
+		return false, fmt.Errorf("the stored snapshot %d was rejected; waiting for a new one", m.Revision)
+	}
+	for try := 0; ; try++ {
+		sctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout*time.Duration(len(m.Sequences)+1))
+		snap, sm, err := c.reader.Snapshot(sctx)
+		cancel()
+		if errors.Is(err, protocol.ErrSnapshotMoved) && try < snapshotMovedRetries {
+			continue
+		}
+		if err == nil && (sm.Count != snap.Len() || sm.Source != snap.Source()) {
+			err = fmt.Errorf("%w: snapshot %d: the document has %d extensions from %q, its manifest says %d from %q",
+				protocol.ErrInvalid, snap.Revision(), snap.Len(), snap.Source(), sm.Count, sm.Source)
+		}
+		if err != nil {
+			if errors.Is(err, protocol.ErrInvalid) {
+				c.loop.badSnapshot = key
+				err = fmt.Errorf("%w: %w", ErrRejected, err)
+				c.rejectStored(ctx, err)
+			}
+			return false, fmt.Errorf("read the snapshot: %w", err)
+		}
+		if !c.replaces(cur, snap.Revision(), snap.Checksum()) {
+			return false, nil
+		}
+		c.install(cur, snap, cur.Diff(snap))
+		c.log.InfoContext(ctx, "client: snapshot installed", slog.Int64("revision", snap.Revision()),
+			slog.String("checksum", snap.Checksum()), slog.Int("extensions", snap.Len()),
+			slog.String("source", snap.Source()), slog.String("reason", g.reason))
+		return true, nil
+	}
+}
+
+// replaces reports whether a stored snapshot may replace cur.
+func (c *Client) replaces(cur *cache.Snapshot, rev int64, sum string) bool {
+	return cur == nil || c.isFallback(cur) || rev > cur.Revision() || (rev == cur.Revision() && sum != cur.Checksum())
+}
+
+// applyDelta applies d to the served snapshot, verifies the result against the
+// delta's checksum and count, and installs it. The error wraps ErrRejected.
+func (c *Client) applyDelta(d *protocol.Delta, from string) error {
+	cur := c.snap.Load()
+	next, changed, err := cur.Apply(d.Revision, d.Source, d.Changes)
+	if err != nil {
+		return fmt.Errorf("%w: %s delta %d: %w", ErrRejected, from, d.Revision, err)
+	}
+	if next.Checksum() != d.Checksum || next.Len() != d.Count {
+		return fmt.Errorf("%w: %s delta %d: applied to revision %d it gives checksum %s and %d extensions; the delta says %s and %d",
+			ErrRejected, from, d.Revision, cur.Revision(), next.Checksum(), next.Len(), d.Checksum, d.Count)
+	}
+	c.install(cur, next, changed)
+	c.applied.Add(1)
+	if !d.CommittedAt.IsZero() {
+		c.metrics.lag.Observe(max(0, time.Since(d.CommittedAt).Seconds()))
+	}
+	return nil
+}
+
+// install serves next and reports the change.
+func (c *Client) install(old, next *cache.Snapshot, changed []string) {
+	c.snap.Store(next)
+	if c.cfg.OnChange != nil {
+		c.cfg.OnChange(old, next, changed)
+	}
+}
+
+// useFallback installs the Fallback snapshot once the first bootstrap has
+// failed for FallbackAfter.
+func (c *Client) useFallback(ctx context.Context) {
+	if c.cfg.Fallback == nil || time.Since(time.Unix(0, c.startedAt.Load())) < c.cfg.FallbackAfter {
+		return
+	}
+	snap, err := c.cfg.Fallback()
+	if err == nil && snap == nil {
+		err = errors.New("returned no snapshot")
+	}
+	if err == nil && snap.Source() != protocol.SourceFixtures {
+		// Same content and revision, labelled as fixtures.
+		snap, _, err = snap.Apply(snap.Revision(), protocol.SourceFixtures, nil)
+	}
+	if err != nil {
+		err = fmt.Errorf("client: fallback: %w", err)
+		c.log.ErrorContext(ctx, "client: fallback failed", slog.Any("error", err))
+		if c.cfg.OnError != nil {
+			c.cfg.OnError(err)
+		}
+		return
+	}
+	c.fallback.Store(snap)
+	c.install(nil, snap, (*cache.Snapshot)(nil).Diff(snap))
+	c.log.WarnContext(ctx, "client: no registry snapshot yet; serving the fallback",
+		slog.Int64("revision", snap.Revision()), slog.Int("extensions", snap.Len()), slog.Duration("after", c.cfg.FallbackAfter))
+}
+
+// reject counts and reports a refused payload.
+func (c *Client) reject(ctx context.Context, err error) {
+	c.rejections.Add(1)
+	c.log.WarnContext(ctx, "client: payload rejected; keeping the last good snapshot", slog.Any("error", err),
+		slog.Int64("revision", c.Revision()))
+	if c.cfg.OnError != nil {
+		c.cfg.OnError(err)
+	}
+}
+
+// rejectStored rejects a stored payload, once: retries read it again.
+func (c *Client) rejectStored(ctx context.Context, err error) {
+	if msg := err.Error(); msg != c.loop.badStored {
+		c.loop.badStored = msg
+		c.reject(ctx, err)
+	}
+}
+
+func (c *Client) heard() { c.lastHeard.Store(time.Now().UnixNano()) }
+
+// schedule arms the retry timer.
+func (c *Client) schedule(d time.Duration) {
+	c.loop.timer.Reset(d)
+	c.loop.armed = true
+	c.loop.due = time.Now().Add(d)
+}
+
+// hurry brings the next retry forward (news that the registry is there while
+// the fallback is served), keeping attempts at least backoffMin apart.
+func (c *Client) hurry() {
+	if !c.loop.armed {
+		return
+	}
+	next := c.loop.lastAttempt.Add(backoffMin)
+	if next.Before(c.loop.due) {
+		c.loop.attempt = 0
+		c.schedule(max(0, time.Until(next)))
+	}
+}
+
+// backoff is the delay before retry attempt+1: backoffMin doubling up to
+// backoffMax, with ±20% jitter.
+func backoff(attempt int) time.Duration {
+	d := backoffMax
+	if attempt < 8 {
+		d = min(backoffMax, backoffMin<<max(0, attempt-1))
+	}
+	return d*4/5 + rand.N(d*2/5+1)
+}
