@@ -57,7 +57,9 @@ func NewNames(prefix string) (Names, error) {
 }
 
 // DeltaSubject is where the delta of revision rev is stored.
-func (n Names) DeltaSubject(rev int64) string { return n.Prefix + ".delta." + strconv.FormatInt(rev, 10) }
+func (n Names) DeltaSubject(rev int64) string {
+	return n.Prefix + ".delta." + strconv.FormatInt(rev, 10)
+}
 
 // DeltaSubjects is the delta stream's subject filter.
 func (n Names) DeltaSubjects() string { return n.Prefix + ".delta.>" }
@@ -161,6 +163,12 @@ func (d *Delta) Msg(subject string, data []byte) *nats.Msg {
 	return m
 }
 
+// Limits a reader enforces on a manifest before reading: NATS payloads are at most 64 MiB.
+const (
+	MaxChunks     = 1 << 16
+	MaxChunkBytes = 64 << 20
+)
+
 // Manifest describes the stored snapshot: which chunk messages to fetch and what their
 // concatenation must hash to.
 type Manifest struct {
@@ -184,6 +192,14 @@ func (m *Manifest) Validate() error {
 		return invalid("manifest %d: no chunks", m.Revision)
 	case m.Size <= 0:
 		return invalid("manifest %d: size must be positive", m.Revision)
+	case len(m.Sequences) > MaxChunks || m.Size > len(m.Sequences)*MaxChunkBytes:
+		// Bound what a reader allocates on the word of a message.
+		return invalid("manifest %d: %d bytes in %d chunks is beyond the limits (%d chunks of at most %d bytes)",
+			m.Revision, m.Size, len(m.Sequences), MaxChunks, MaxChunkBytes)
+	case m.Count < 0:
+		return invalid("manifest %d: count must not be negative", m.Revision)
+	case m.Source != SourceDatabase && m.Source != SourceFixtures:
+		return invalid("manifest %d: unknown source %q", m.Revision, m.Source)
 	}
 	return nil
 }
@@ -204,7 +220,7 @@ func DecodeHeartbeat(data []byte) (*Heartbeat, error) {
 	if err := json.Unmarshal(data, &h); err != nil {
 		return nil, invalid("decode heartbeat: %v", err)
 	}
-	if h.Revision < 0 || (h.Revision > 0 && !checksumPattern.MatchString(h.Checksum)) || h.IntervalMS <= 0 {
+	if h.Revision < 0 || !checksumPattern.MatchString(h.Checksum) || h.IntervalMS <= 0 {
 		return nil, invalid("heartbeat: revision %d, checksum %q, interval_ms %d", h.Revision, h.Checksum, h.IntervalMS)
 	}
 	return &h, nil

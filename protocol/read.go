@@ -115,7 +115,7 @@ func (r *Reader) Snapshot(ctx context.Context) (*cache.Snapshot, *Manifest, erro
 	if err != nil {
 		return nil, nil, err
 	}
-	buf := bytes.NewBuffer(make([]byte, 0, m.Size))
+	buf := bytes.NewBuffer(make([]byte, 0, min(m.Size, 64<<20)))
 	want := r.Names.ChunkSubject(m.Revision)
 	for i, seq := range m.Sequences {
 		st, err := r.BySeq(ctx, r.Names.SnapshotStream, seq)
@@ -132,6 +132,9 @@ func (r *Reader) Snapshot(ctx context.Context) (*cache.Snapshot, *Manifest, erro
 			return nil, nil, invalid("snapshot %d chunk %d: header %s is %q", m.Revision, i, HeaderChunk, h)
 		}
 		buf.Write(st.Data)
+		if buf.Len() > m.Size {
+			return nil, nil, invalid("snapshot %d: chunks exceed the manifest's %d bytes", m.Revision, m.Size)
+		}
 	}
 	if buf.Len() != m.Size {
 		return nil, nil, invalid("snapshot %d: %d bytes read, manifest says %d", m.Revision, buf.Len(), m.Size)
@@ -140,9 +143,9 @@ func (r *Reader) Snapshot(ctx context.Context) (*cache.Snapshot, *Manifest, erro
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: snapshot %d: %w", ErrInvalid, m.Revision, err)
 	}
-	if snap.Revision() != m.Revision || snap.Checksum() != m.Checksum {
-		return nil, nil, invalid("snapshot document (revision %d, checksum %s) does not match its manifest (revision %d, checksum %s)",
-			snap.Revision(), snap.Checksum(), m.Revision, m.Checksum)
+	if snap.Revision() != m.Revision || snap.Checksum() != m.Checksum || snap.Len() != m.Count || snap.Source() != m.Source {
+		return nil, nil, invalid("snapshot document (revision %d, checksum %s, count %d, source %s) does not match its manifest (revision %d, checksum %s, count %d, source %s)",
+			snap.Revision(), snap.Checksum(), snap.Len(), snap.Source(), m.Revision, m.Checksum, m.Count, m.Source)
 	}
 	return snap, m, nil
 }

@@ -151,7 +151,11 @@ func (p *Publisher) EnsureStreams(ctx context.Context) error {
 }
 
 func (p *Publisher) maxMessage() int {
-	return int(p.nc.MaxPayload()) - 8*1024
+	mp := int(p.nc.MaxPayload())
+	if mp <= 0 { // not connected yet: the server default
+		mp = 1 << 20
+	}
+	return mp - 8*1024
 }
 
 // EncodeDelta returns the message payload of d.
@@ -169,12 +173,23 @@ func (p *Publisher) PublishDelta(ctx context.Context, d *protocol.Delta, data []
 	if len(data) > p.maxMessage() {
 		return fmt.Errorf("%w: delta %d is %d bytes", ErrTooLarge, d.Revision, len(data))
 	}
-	_, err := p.js.PublishMsg(ctx, d.Msg(p.names.DeltaSubject(d.Revision), data),
+	subject := p.names.DeltaSubject(d.Revision)
+	ack, err := p.js.PublishMsg(ctx, d.Msg(subject, data),
 		jetstream.WithMsgID(p.names.MsgID(d.Revision)),
 		jetstream.WithExpectLastSequencePerSubject(0))
-	if err != nil {
+	if err == nil && ack.Duplicate {
+		// The stream remembers this Nats-Msg-Id (its duplicate window) and stored nothing.
+		// That is a retry whose ack was lost only if the delta is really there: a delta
+		// deleted or lost since then (what checkStream republishes) is remembered by the
+		// window all the same. Then store it without the id: the expected last-subject
+		// sequence 0 still stores it at most once.
+		if _, rerr := p.read.Delta(ctx, d.Revision); errors.Is(rerr, protocol.ErrNotFound) {
+			ack, err = p.js.PublishMsg(ctx, d.Msg(subject, data), jetstream.WithExpectLastSequencePerSubject(0))
+		}
+	}
+	if err != nil || ack.Duplicate {
 		var apiErr *jetstream.APIError
-		if !errors.As(err, &apiErr) || (apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence && apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+		if err != nil && (!errors.As(err, &apiErr) || (apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence && apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequenceConstant)) {
 			return fmt.Errorf("publish delta %d: %w", d.Revision, err)
 		}
 		// Already stored (a retry whose ack was lost, or another syncer): accept it only if
@@ -216,13 +231,19 @@ func (p *Publisher) LastDelta(ctx context.Context) (*protocol.Delta, error) {
 	if info.State.Msgs == 0 {
 		return nil, nil
 	}
-	st, err := p.read.BySeq(ctx, p.names.DeltaStream, info.State.LastSeq)
+	// The newest message on any delta subject, not the message at State.LastSeq: the
+	// stream keeps LastSeq when its last messages are deleted or lost, and a direct get of
+	// that sequence then finds nothing.
+	st, err := p.read.Last(ctx, p.names.DeltaStream, p.names.DeltaSubjects())
+	if errors.Is(err, protocol.ErrNotFound) {
+		return nil, nil
+	}
 	if err != nil {
-		return nil, fmt.Errorf("read last delta (seq %d): %w", info.State.LastSeq, err)
+		return nil, fmt.Errorf("read last delta: %w", err)
 	}
 	d, err := protocol.DecodeDelta(st.Data)
 	if err != nil {
-		return nil, fmt.Errorf("last stored delta (seq %d): %w", info.State.LastSeq, err)
+		return nil, fmt.Errorf("last stored delta (seq %d): %w", st.Sequence, err)
 	}
 	return d, nil
 }

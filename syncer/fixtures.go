@@ -50,7 +50,7 @@ func (s *Syncer) runFixtures(ctx context.Context) error {
 	if err := s.ensureStreams(ctx); err != nil {
 		return err
 	}
-	published, err := s.loadPublished(ctx)
+	published, _, err := s.loadPublished(ctx)
 	if err != nil {
 		return err
 	}

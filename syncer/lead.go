@@ -103,11 +103,12 @@ func (s *Syncer) ensureStreams(ctx context.Context) error {
 }
 
 // loadPublished rebuilds the state routers have: the stored snapshot plus the stored
-// deltas after it. It returns nil when nothing was ever published. When the chain of
-// deltas after the snapshot is broken, it returns the snapshot's content labelled with the
-// last stored revision, so that whatever is published next continues above it (routers
-// then verify checksums and re-bootstrap if their content differs).
-func (s *Syncer) loadPublished(ctx context.Context) (*cache.Snapshot, error) {
+// deltas after it. It returns nil when nothing was ever published. continuous is false when
+// the stored deltas after the snapshot do not chain back to it (or there is no snapshot):
+// then the content returned is the snapshot's (or empty) labelled with the last stored
+// revision, and it must only serve as the base of a NEW revision above that one — never be
+// announced as that revision, since routers may hold different content under it.
+func (s *Syncer) loadPublished(ctx context.Context) (state *cache.Snapshot, continuous bool, err error) {
 	r := s.pub.Reader()
 	var snap *cache.Snapshot
 	for attempt := 1; ; attempt++ {
@@ -121,59 +122,58 @@ func (s *Syncer) loadPublished(ctx context.Context) (*cache.Snapshot, error) {
 			break
 		}
 		if !errors.Is(err, protocol.ErrSnapshotMoved) && attempt > 5 {
-			return nil, fmt.Errorf("read published snapshot: %w", err)
+			return nil, false, fmt.Errorf("read published snapshot: %w", err)
 		}
 		if !sleep(ctx, backoff(attempt)) {
-			return nil, ctx.Err()
+			return nil, false, ctx.Err()
 		}
 	}
 	last, err := s.lastDelta(ctx)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if snap == nil {
 		if last != nil {
 			s.log.WarnContext(ctx, "syncer: the stream holds deltas but no snapshot", "last_revision", last.Revision)
-			return cache.New(last.Revision, last.Source, nil) // content unknown: empty, revision kept
+			empty, err := cache.New(last.Revision, last.Source, nil)
+			return empty, false, err
 		}
-		return nil, nil
+		return nil, false, nil
 	}
 	if last == nil || last.Revision <= snap.Revision() {
-		return snap, nil
+		return snap, true, nil
+	}
+	broken := func(why string, args ...any) (*cache.Snapshot, bool, error) {
+		s.log.WarnContext(ctx, "syncer: stored deltas do not continue the stored snapshot; the next revision will be a full sync",
+			append([]any{"why", why, "snapshot", snap.Revision(), "last", last.Revision}, args...)...)
+		out, _, err := snap.Apply(last.Revision, last.Source, nil)
+		return out, false, err
 	}
 	// Walk back from the last delta to the snapshot through prev links.
 	chain := []*protocol.Delta{last}
 	for d := last; d.PrevRevision > snap.Revision(); {
 		prev, err := r.Delta(ctx, d.PrevRevision)
 		if err != nil {
-			s.log.WarnContext(ctx, "syncer: stored deltas after the snapshot are incomplete", "snapshot", snap.Revision(), "missing", d.PrevRevision, "error", err)
-			return relabel(snap, last)
+			return broken("missing delta", "missing", d.PrevRevision, "error", err)
 		}
 		chain = append(chain, prev)
 		d = prev
 	}
 	if chain[len(chain)-1].PrevRevision != snap.Revision() {
-		return relabel(snap, last)
+		return broken("chain does not reach the snapshot")
 	}
 	for i := len(chain) - 1; i >= 0; i-- {
 		d := chain[i]
 		if d.Resync {
-			s.log.WarnContext(ctx, "syncer: a resync delta is newer than the stored snapshot", "revision", d.Revision)
-			return relabel(snap, last)
+			return broken("a resync delta is newer than the stored snapshot", "revision", d.Revision)
 		}
 		next, _, err := snap.Apply(d.Revision, d.Source, d.Changes)
-		if err != nil {
-			return nil, fmt.Errorf("replay stored delta %d: %w", d.Revision, err)
+		if err != nil || next.Checksum() != d.Checksum {
+			return broken("a stored delta does not apply", "revision", d.Revision, "error", err)
 		}
 		snap = next
 	}
-	return snap, nil
-}
-
-// relabel returns snap's content under the revision and source of last.
-func relabel(snap *cache.Snapshot, last *protocol.Delta) (*cache.Snapshot, error) {
-	out, _, err := snap.Apply(last.Revision, last.Source, nil)
-	return out, err
+	return snap, true, nil
 }
 
 func (s *Syncer) lastDelta(ctx context.Context) (*protocol.Delta, error) {
@@ -199,7 +199,7 @@ func (s *Syncer) restore(ctx context.Context, pool *pgxpool.Pool) error {
 			}
 		}
 	}
-	published, err := s.loadPublished(ctx)
+	published, continuous, err := s.loadPublished(ctx)
 	if err != nil {
 		return err
 	}
@@ -220,7 +220,7 @@ func (s *Syncer) restore(ctx context.Context, pool *pgxpool.Pool) error {
 		}
 		s.log.InfoContext(ctx, "syncer: first snapshot published", "revision", snap.Revision(), "extensions", snap.Len())
 		return nil
-	case published.Source() == SourceDatabase && published.Revision() <= dbRev:
+	case continuous && published.Source() == SourceDatabase && published.Revision() <= dbRev:
 		var exists bool
 		err := pool.QueryRow(ctx, `SELECT $1 = 0 OR EXISTS (SELECT 1 FROM registry_revisions WHERE revision = $1)`, published.Revision()).Scan(&exists)
 		if err != nil {
@@ -324,11 +324,21 @@ func (s *Syncer) publishDelta(ctx context.Context, d *protocol.Delta, next *cach
 				}
 			}
 		}
-		s.metrics.NATSUp.Set(boolGauge(err == nil))
 		if err == nil {
+			s.metrics.NATSUp.Set(1)
 			break
 		}
+		if ctx.Err() != nil {
+			return ctx.Err() // stopping (or the leadership was lost): not a publish error
+		}
+		s.metrics.NATSUp.Set(0)
 		s.metrics.PublishErrors.Inc()
+		if errors.Is(err, jetstream.ErrNoStreamResponse) || isStreamMissing(err) {
+			// The stream is gone (deleted, or lost with the server's store). Only
+			// checkStream recreates it, and it runs on this goroutine: run it now, so that
+			// the stream is recreated and what it lost is republished before this delta.
+			s.checkStream(ctx)
+		}
 		wait := backoff(attempt)
 		s.log.WarnContext(ctx, "syncer: publish failed, retrying", "revision", d.Revision, "error", err, "attempt", attempt, "sleep_duration", wait)
 		if !sleep(ctx, wait) {

@@ -160,7 +160,10 @@ func (s *Syncer) Run(ctx context.Context) error {
 
 	switch s.cfg.Source {
 	case SourceFixtures:
-		return s.runFixtures(ctx)
+		if err := s.runFixtures(ctx); ctx.Err() == nil {
+			return err
+		}
+		return nil
 	case SourceDatabase:
 		return s.runDatabase(ctx)
 	}

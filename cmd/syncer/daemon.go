@@ -114,6 +114,9 @@ func connectNATS(ctx context.Context, cfg *config, log *slog.Logger) (*nats.Conn
 		nats.Name("registry-syncer"),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
+		// NATS down at start is an outage like any other: keep trying in the background
+		// (the syncer retries its stream set-up) instead of exiting.
+		nats.RetryOnFailedConnect(true),
 		nats.DrainTimeout(drainTimeout),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
@@ -152,8 +155,12 @@ func connectNATS(ctx context.Context, cfg *config, log *slog.Logger) (*nats.Conn
 	if err != nil {
 		return nil, nil, fmt.Errorf("connect to NATS at %s: %w", cfg.RedactedNATSServers(), err)
 	}
-	log.InfoContext(ctx, "nats: connected", slog.String("url", redactNATSURL(nc.ConnectedUrl())),
-		slog.String("server", nc.ConnectedServerName()), slog.Int64("max_payload", nc.MaxPayload()))
+	if nc.IsConnected() {
+		log.InfoContext(ctx, "nats: connected", slog.String("url", redactNATSURL(nc.ConnectedUrl())),
+			slog.String("server", nc.ConnectedServerName()), slog.Int64("max_payload", nc.MaxPayload()))
+	} else {
+		log.WarnContext(ctx, "nats: not reachable yet, retrying in the background", slog.String("servers", cfg.RedactedNATSServers()))
+	}
 	return nc, closed, nil
 }
 
