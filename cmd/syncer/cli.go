@@ -45,6 +45,8 @@ func init() {
 		{"run", "", "run the syncer daemon (publishes the registry to NATS; HTTP on EXTENSION_REGISTRY_HTTP_ADDR)", cmdRun},
 		{"migrate", "[status]", "apply pending schema migrations (idempotent); status lists every migration", cmdMigrate},
 		{"fixtures", "import [DIR] | export DIR | verify [DIR]", "import fixture files into the database, export the database as fixture files, or verify that they match (exit 1 on differences)", cmdFixtures},
+		{"watch", "[--json] [--dump] [--once] [--timeout D]", "subscribe exactly like a router and print each applied revision (--json: one object per revision; --dump --once: print the current snapshot and exit)", cmdWatch},
+		{"dev", "[--dir DIR]", "everything on this machine: a private PostgreSQL, an embedded NATS with JetStream, migrations, the default fixtures and the syncer", cmdDev},
 		{"help", "", "show this help and the environment variables", cmdHelp},
 	}
 }

@@ -56,7 +56,7 @@ func daemon(ctx context.Context, cfg *config, log *slog.Logger) error {
 			slog.String("ignored", strings.Join(cfg.Ignored, ",")))
 	}
 
-	nc, closed, err := connectNATS(ctx, cfg, log)
+	nc, closed, err := connectNATS(ctx, cfg, log, true)
 	if err != nil {
 		return err
 	}
@@ -107,7 +107,9 @@ func daemon(ctx context.Context, cfg *config, log *slog.Logger) error {
 
 // connectNATS connects to the configured servers. The returned channel is closed when
 // the connection is closed for good.
-func connectNATS(ctx context.Context, cfg *config, log *slog.Logger) (*nats.Conn, <-chan struct{}, error) {
+// With retryAtStart, unreachable servers are retried in the background (the daemon);
+// without, Connect fails at once (watch, which must say NATS is unavailable).
+func connectNATS(ctx context.Context, cfg *config, log *slog.Logger, retryAtStart bool) (*nats.Conn, <-chan struct{}, error) {
 	closed := make(chan struct{})
 	var once sync.Once
 	opts := []nats.Option{
@@ -116,7 +118,7 @@ func connectNATS(ctx context.Context, cfg *config, log *slog.Logger) (*nats.Conn
 		nats.ReconnectWait(250 * time.Millisecond),
 		// NATS down at start is an outage like any other: keep trying in the background
 		// (the syncer retries its stream set-up) instead of exiting.
-		nats.RetryOnFailedConnect(true),
+		nats.RetryOnFailedConnect(retryAtStart),
 		nats.DrainTimeout(drainTimeout),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {

@@ -151,12 +151,9 @@ func StartPostgres(opts PGOptions) (*Postgres, error) {
 			return nil, err
 		}
 	}
-	initdb := exec.Command(filepath.Join(bin, "initdb"), "-D", p.dataDir(), "-U", "postgres",
-		"-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync")
-	initdb.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-	if out, err := initdb.CombinedOutput(); err != nil {
+	if err := p.initdb(); err != nil {
 		_ = os.RemoveAll(dir)
-		return nil, fmt.Errorf("initdb: %w: %s", err, out)
+		return nil, err
 	}
 	port, err := freePort()
 	if err != nil {
@@ -168,6 +165,16 @@ func StartPostgres(opts PGOptions) (*Postgres, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+func (p *Postgres) initdb() error {
+	initdb := exec.Command(filepath.Join(p.bin, "initdb"), "-D", p.dataDir(), "-U", "postgres",
+		"-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync")
+	initdb.SysProcAttr = &syscall.SysProcAttr{Credential: p.cred}
+	if out, err := initdb.CombinedOutput(); err != nil {
+		return fmt.Errorf("initdb: %w: %s", err, out)
+	}
+	return nil
 }
 
 func (p *Postgres) dataDir() string { return filepath.Join(p.Dir, "data") }

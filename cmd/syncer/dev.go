@@ -1,0 +1,149 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"path/filepath"
+	"strconv"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/beamline/registry-syncer/fixtures"
+	"github.com/beamline/registry-syncer/migrations"
+	"github.com/beamline/registry-syncer/test/harness"
+)
+
+// cmdDev brings the whole product up on this machine: a private PostgreSQL cluster from
+// the installed server binaries and an embedded NATS server (both keeping their data in
+// DIR, reused on the next start), migrations, the default fixtures (into an empty
+// registry only), and the syncer itself. Ctrl-C stops everything.
+func cmdDev(ctx context.Context, e *env, args []string) error {
+	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	dir := fs.String("dir", ".dev", "directory for the PostgreSQL cluster and the NATS store")
+	pgPort := fs.Int("pg-port", 15432, "PostgreSQL port (a free one is picked if it is taken)")
+	natsPort := fs.Int("nats-port", 14222, "NATS port (a free one is picked if it is taken)")
+	httpAddr := fs.String("http", "127.0.0.1:9090", "HTTP address of the syncer (/metrics, /readyz, POST /admin/sync)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usagef("%v", err)
+	}
+	if fs.NArg() > 0 {
+		return usagef("unexpected argument %q", fs.Arg(0))
+	}
+	abs, err := filepath.Abs(*dir)
+	if err != nil {
+		return err
+	}
+	out := e.stdout
+	fmt.Fprintf(out, "syncer dev: data in %s (kept; the next start reuses it; `make clean` removes it)\n", abs)
+
+	pg, err := harness.OpenPostgres(filepath.Join(abs, "postgres"), portOrFree(*pgPort), harness.PGOptions{Durable: true})
+	if err != nil {
+		return fmt.Errorf("dev: start PostgreSQL: %w", err)
+	}
+	defer pg.Shutdown(harness.StopFast)
+	ns, err := harness.OpenNATS(filepath.Join(abs, "nats"), portOrFree(*natsPort))
+	if err != nil {
+		return fmt.Errorf("dev: start NATS: %w", err)
+	}
+	defer ns.Shutdown()
+
+	dbURL := pg.URL("postgres", "public")
+	if err := devPrepare(ctx, dbURL, out); err != nil {
+		return err
+	}
+	token := "dev-admin-token-please-change"
+	overlay := map[string]string{
+		"EXTENSION_REGISTRY_DATABASE_URL": dbURL,
+		"EXTENSION_REGISTRY_NATS_URL":     ns.URL(),
+		"EXTENSION_REGISTRY_HTTP_ADDR":    *httpAddr,
+		"EXTENSION_REGISTRY_ADMIN_TOKEN":  token,
+		"EXTENSION_REGISTRY_SOURCE":       "database",
+	}
+	lookup := func(k string) (string, bool) {
+		if v, ok := overlay[k]; ok {
+			return v, true
+		}
+		return e.lookup(k)
+	}
+	psql := fmt.Sprintf("postgresql://postgres@127.0.0.1:%d/postgres", pg.Port)
+	fmt.Fprintf(out, `
+  PostgreSQL  %s   (registry in schema public)
+  NATS        %s   (JetStream; subjects beamline.registry.*)
+  HTTP        http://%s/metrics  /healthz  /readyz  POST /admin/sync (Bearer %s)
+
+Try it, in two other terminals:
+  EXTENSION_REGISTRY_NATS_URL=%s ./bin/syncer watch
+  psql "%s" -c "UPDATE extensions SET timeout_ms = 250 WHERE id = 'pii_guard'"
+
+Ctrl-C stops everything.
+
+`, dbURL, ns.URL(), *httpAddr, token, ns.URL(), psql)
+	cfg, err := loadConfig(lookup)
+	if err != nil {
+		return err
+	}
+	return daemon(ctx, cfg, newLogger(e.stderr, cfg))
+}
+
+// devPrepare applies the migrations and imports the default fixtures into an empty
+// registry (a registry someone changed is left as it is).
+func devPrepare(ctx context.Context, dbURL string, out io.Writer) error {
+	db, err := migrations.Open(dbURL)
+	if err != nil {
+		return err
+	}
+	applied, err := migrations.Up(ctx, db)
+	db.Close()
+	if err != nil {
+		return fmt.Errorf("dev: %w", err)
+	}
+	for _, m := range applied {
+		fmt.Fprintf(out, "  migrated %d %s\n", m.Version, m.Name)
+	}
+	pool, err := pgxpool.New(ctx, dbURL)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	var n int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM extensions`).Scan(&n); err != nil {
+		return fmt.Errorf("dev: %w", err)
+	}
+	if n > 0 {
+		fmt.Fprintf(out, "  registry has %d extensions; fixtures not imported\n", n)
+		return nil
+	}
+	recs, err := fixtures.Load(fixtures.Defaults())
+	if err != nil {
+		return err
+	}
+	rep, err := fixtures.Import(ctx, pool, recs, "syncer dev")
+	if err != nil {
+		return fmt.Errorf("dev: import fixtures: %w", err)
+	}
+	fmt.Fprintf(out, "  default fixtures imported: %s\n", rep)
+	return nil
+}
+
+// portOrFree returns port when nothing listens on it, else a free port.
+func portOrFree(port int) int {
+	l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+	if err == nil {
+		l.Close()
+		return port
+	}
+	l, err = net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return port
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
