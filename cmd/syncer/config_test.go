@@ -299,29 +299,37 @@ func TestConfigBuiltURL(t *testing.T) {
 }
 
 // TestConfigDocs keeps docs/configuration.md equal to the spec (go test -update rewrites it).
+// TestConfigDocs keeps the README's configuration section (between the config markers)
+// generated from the spec in config.go.
 func TestConfigDocs(t *testing.T) {
 	t.Parallel()
-	path := filepath.Join("..", "..", "docs", "configuration.md")
-	want := configurationDoc()
-	if *update {
-		if err := os.WriteFile(path, []byte(want), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	got, err := os.ReadFile(path)
+	path := filepath.Join("..", "..", "README.md")
+	const begin, end = "<!-- config:begin (generated: go test ./cmd/syncer -run TestConfigDocs -update) -->\n", "<!-- config:end -->"
+	readme, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if string(got) != want {
-		t.Errorf("%s is out of date with the spec in config.go: run go test ./cmd/syncer -run TestConfigDocs -update", path)
+	text := string(readme)
+	i, j := strings.Index(text, begin), strings.Index(text, end)
+	if i < 0 || j < i {
+		t.Fatalf("%s: configuration markers not found", path)
+	}
+	want := configurationDoc()
+	if *update {
+		text = text[:i+len(begin)] + want + text[j:]
+		if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		i, j = strings.Index(text, begin), strings.Index(text, end)
+	}
+	if got := text[i+len(begin) : j]; got != want {
+		t.Errorf("%s: the configuration section is out of date with the spec in config.go: run go test ./cmd/syncer -run TestConfigDocs -update", path)
 	}
 }
 
 func configurationDoc() string {
 	var b strings.Builder
-	b.WriteString(`## Configuration
-
-Every setting comes from an environment variable with the prefix ` + "`EXTENSION_REGISTRY_`" + `.
+	b.WriteString(`Every setting comes from an environment variable with the prefix ` + "`EXTENSION_REGISTRY_`" + `.
 ` + "`syncer run`" + ` and the other commands read all of them at start and refuse to start on any
 bad value, listing every problem at once (secrets are never shown). ` + "`syncer help`" + ` prints
 the same list. Durations are Go durations (` + "`500ms`, `2s`, `1m`, `168h`" + `). A variable set to
