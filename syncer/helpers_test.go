@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/beamline/registry-syncer/cache"
 	"github.com/beamline/registry-syncer/protocol"
@@ -28,7 +30,13 @@ type testBundle struct {
 
 func setup(t *testing.T) *testBundle {
 	t.Helper()
-	b := &testBundle{schema: harness.PG(t).NewSchema(t), nats: harness.NewNATS(t, harness.NATSOptions{}), prefix: "test.registry"}
+	return setupOn(t, harness.PG(t))
+}
+
+// setupOn makes a bundle with a fresh schema in pg and a NATS server of its own.
+func setupOn(t *testing.T, pg *harness.Postgres) *testBundle {
+	t.Helper()
+	b := &testBundle{schema: pg.NewSchema(t), nats: harness.NewNATS(t, harness.NATSOptions{}), prefix: "test.registry"}
 	b.nc = b.nats.Connect(t)
 	names, err := protocol.NewNames(b.prefix)
 	if err != nil {
@@ -39,10 +47,12 @@ func setup(t *testing.T) *testBundle {
 }
 
 type running struct {
-	s      *syncer.Syncer
-	cancel context.CancelFunc
-	done   chan struct{} // closed when Run returned
-	err    error
+	s       *syncer.Syncer
+	metrics *syncer.Metrics
+	reg     *prometheus.Registry
+	cancel  context.CancelFunc
+	done    chan struct{} // closed when Run returned
+	err     error
 }
 
 // stop cancels the syncer and waits for Run to return.
@@ -61,18 +71,23 @@ func (r *running) stop(t *testing.T) {
 
 func (b *testBundle) start(t *testing.T, mod func(*syncer.Config)) *running {
 	t.Helper()
-	cfg := syncer.Config{DatabaseURL: b.schema.URL, HeartbeatInterval: 100 * time.Millisecond, SnapshotInterval: 50 * time.Millisecond,
+	cfg := syncer.Config{HeartbeatInterval: 100 * time.Millisecond, SnapshotInterval: 50 * time.Millisecond,
 		LeaderRetry: 100 * time.Millisecond}
+	if b.schema != nil {
+		cfg.DatabaseURL = b.schema.URL
+	}
 	if mod != nil {
 		mod(&cfg)
 	}
 	nc := b.nats.Connect(t, nats.Name("syncer"))
-	s, err := syncer.New(cfg, nc, publisher.Config{Prefix: b.prefix}, slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})), nil)
+	reg := prometheus.NewRegistry()
+	m := syncer.NewMetrics(reg)
+	s, err := syncer.New(cfg, nc, publisher.Config{Prefix: b.prefix}, slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})), m)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{s: s, cancel: cancel, done: make(chan struct{})}
+	r := &running{s: s, metrics: m, reg: reg, cancel: cancel, done: make(chan struct{})}
 	go func() { r.err = s.Run(ctx); close(r.done) }()
 	t.Cleanup(func() {
 		cancel()
@@ -84,7 +99,7 @@ func (b *testBundle) start(t *testing.T, mod func(*syncer.Config)) *running {
 type testWriter struct{ t *testing.T }
 
 func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(string(p))
+	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
 }
 
@@ -163,7 +178,10 @@ func (b *testBundle) waitConverged(t *testing.T, within time.Duration) *cache.Sn
 	t.Helper()
 	var got *cache.Snapshot
 	waitFor(t, within, "published state equal to the database", func() (bool, error) {
-		db := b.dbSnapshot(t)
+		db, err := syncer.ReadDatabase(context.Background(), b.schema.Pool)
+		if err != nil {
+			return false, err // the database may be restarting: retry
+		}
 		snap, err := b.follow(context.Background())
 		if err != nil {
 			return false, err

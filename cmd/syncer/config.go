@@ -29,7 +29,7 @@ const envPrefix = "EXTENSION_REGISTRY"
 
 // spec is the whole configuration as the environment gives it. The tags follow envconfig:
 // `envconfig` is the name after the prefix, `default` the value when the variable is
-// unset, `desc` the documentation (`syncer help` and docs/configuration.md are made from
+// unset, `desc` the documentation (`syncer help` and the README configuration table are made from
 // it). Two tags are ours: `expect` completes "must be ..." in errors, and `secret` keeps
 // the value out of errors and logs.
 type spec struct {

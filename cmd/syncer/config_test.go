@@ -16,7 +16,7 @@ import (
 	"github.com/beamline/registry-syncer/syncer"
 )
 
-var update = flag.Bool("update", false, "rewrite docs/configuration.md from the spec")
+var update = flag.Bool("update", false, "rewrite the README configuration section from the spec")
 
 // envMap is an environment for loadConfig and run.
 type envMap map[string]string
@@ -298,7 +298,7 @@ func TestConfigBuiltURL(t *testing.T) {
 	}
 }
 
-// TestConfigDocs keeps docs/configuration.md equal to the spec (go test -update rewrites it).
+
 // TestConfigDocs keeps the README's configuration section (between the config markers)
 // generated from the spec in config.go.
 func TestConfigDocs(t *testing.T) {
