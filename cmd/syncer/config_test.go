@@ -298,7 +298,6 @@ func TestConfigBuiltURL(t *testing.T) {
 	}
 }
 
-
 // TestConfigDocs keeps the README's configuration section (between the config markers)
 // generated from the spec in config.go.
 func TestConfigDocs(t *testing.T) {
