@@ -355,31 +355,43 @@ func (s *Syncer) publishDelta(ctx context.Context, d *protocol.Delta, next *cach
 // repairs any difference under a new revision.
 func (s *Syncer) reconcile(ctx context.Context, pool *pgxpool.Pool) error {
 	s.metrics.ReconcileRuns.Inc()
-	db, err := readConsistent(ctx, pool)
-	if err != nil {
-		return fmt.Errorf("reconcile: %w", err)
+	// A repair is postponed when writers commit between the read and the revision lock;
+	// try a few times before leaving it to the next reconcile.
+	for attempt := 1; attempt <= 5; attempt++ {
+		db, err := readConsistent(ctx, pool)
+		if err != nil {
+			return fmt.Errorf("reconcile: %w", err)
+		}
+		if err := s.catchUp(ctx, pool, db.Revision()); err != nil {
+			return err
+		}
+		if s.cursor != db.Revision() {
+			// Cannot happen while revisions only come from the change log; never wedge on it.
+			s.log.WarnContext(ctx, "syncer: reconcile skipped: published state and database read are at different revisions",
+				"cursor", s.cursor, "database_revision", db.Revision())
+			return nil
+		}
+		if s.snap.Checksum() == db.Checksum() {
+			return s.catchUp(ctx, pool, 0)
+		}
+		if err := s.catchUp(ctx, pool, 0); err != nil {
+			return err
+		}
+		drift := s.snap.Diff(db)
+		s.log.WarnContext(ctx, "syncer: reconcile found drift between the published state and the database; repairing",
+			"revision", db.Revision(), "extensions", len(drift), "ids", head(drift, 20), "attempt", attempt)
+		rev, err := s.syncToDB(ctx, pool, nil, 0, false)
+		if err != nil {
+			return err
+		}
+		if rev > 0 {
+			s.metrics.DriftExtensions.Add(float64(len(drift)))
+			s.metrics.ReconcileRepairs.Inc()
+			return s.catchUp(ctx, pool, 0)
+		}
 	}
-	if err := s.catchUp(ctx, pool, db.Revision()); err != nil {
-		return err
-	}
-	if s.cursor == db.Revision() && s.snap.Checksum() == db.Checksum() {
-		return nil
-	}
-	if s.cursor != db.Revision() {
-		return fmt.Errorf("reconcile: published state at change-log revision %d, database read at %d", s.cursor, db.Revision())
-	}
-	drift := s.snap.Diff(db)
-	s.log.WarnContext(ctx, "syncer: reconcile found drift between the published state and the database; repairing",
-		"revision", db.Revision(), "extensions", len(drift), "ids", head(drift, 20))
-	s.metrics.DriftExtensions.Add(float64(len(drift)))
-	rev, err := s.syncToDB(ctx, pool, nil, 0, false)
-	if err != nil {
-		return err
-	}
-	if rev > 0 {
-		s.metrics.ReconcileRepairs.Inc()
-	}
-	return s.catchUp(ctx, pool, 0)
+	s.log.WarnContext(ctx, "syncer: drift repair postponed to the next reconcile: writers kept committing")
+	return nil
 }
 
 func head(ids []string, n int) []string {
@@ -404,9 +416,13 @@ func (s *Syncer) syncToDB(ctx context.Context, pool *pgxpool.Pool, base *cache.S
 		return 0, fmt.Errorf("sync: take the revision lock: %w", err)
 	}
 	if base == nil {
-		// Revisions committed before we took the lock are published first.
-		if err := s.catchUp(ctx, pool, locked); err != nil {
-			return 0, err
+		// The repair is computed against the published state, which must be at the locked
+		// revision. Publishing under the lock would hold every registry writer's COMMIT
+		// hostage to NATS, so instead: give up this round if revisions committed since the
+		// caller caught up; the next reconcile tries again.
+		if s.cursor != locked {
+			s.log.InfoContext(ctx, "syncer: repair postponed: new revisions committed meanwhile", "cursor", s.cursor, "locked", locked)
+			return 0, nil
 		}
 		base = s.snap
 	}
