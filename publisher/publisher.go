@@ -170,8 +170,15 @@ func EncodeDelta(d *protocol.Delta) ([]byte, error) {
 // not stored again) and then announces it on the live subject. It returns ErrTooLarge when
 // the payload does not fit in one message.
 func (p *Publisher) PublishDelta(ctx context.Context, d *protocol.Delta, data []byte) error {
+	_, err := p.StoreDelta(ctx, d, data)
+	return err
+}
+
+// StoreDelta is PublishDelta, and returns the stream sequence at which the delta was
+// stored by this call (0 when the stream already held it).
+func (p *Publisher) StoreDelta(ctx context.Context, d *protocol.Delta, data []byte) (uint64, error) {
 	if len(data) > p.maxMessage() {
-		return fmt.Errorf("%w: delta %d is %d bytes", ErrTooLarge, d.Revision, len(data))
+		return 0, fmt.Errorf("%w: delta %d is %d bytes", ErrTooLarge, d.Revision, len(data))
 	}
 	subject := p.names.DeltaSubject(d.Revision)
 	ack, err := p.js.PublishMsg(ctx, d.Msg(subject, data),
@@ -187,26 +194,29 @@ func (p *Publisher) PublishDelta(ctx context.Context, d *protocol.Delta, data []
 			ack, err = p.js.PublishMsg(ctx, d.Msg(subject, data), jetstream.WithExpectLastSequencePerSubject(0))
 		}
 	}
+	var seq uint64
 	if err != nil || ack.Duplicate {
 		var apiErr *jetstream.APIError
 		if err != nil && (!errors.As(err, &apiErr) || (apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence && apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequenceConstant)) {
-			return fmt.Errorf("publish delta %d: %w", d.Revision, err)
+			return 0, fmt.Errorf("publish delta %d: %w", d.Revision, err)
 		}
 		// Already stored (a retry whose ack was lost, or another syncer): accept it only if
 		// it is the same revision content.
 		stored, rerr := p.read.Delta(ctx, d.Revision)
 		if rerr != nil {
-			return fmt.Errorf("publish delta %d: already stored, and reading it back failed: %w", d.Revision, rerr)
+			return 0, fmt.Errorf("publish delta %d: already stored, and reading it back failed: %w", d.Revision, rerr)
 		}
 		if stored.Checksum != d.Checksum || stored.PrevRevision != d.PrevRevision {
-			return fmt.Errorf("publish delta %d: the stream already holds a different delta for this revision (prev %d checksum %s, ours prev %d checksum %s)",
+			return 0, fmt.Errorf("publish delta %d: the stream already holds a different delta for this revision (prev %d checksum %s, ours prev %d checksum %s)",
 				d.Revision, stored.PrevRevision, stored.Checksum, d.PrevRevision, d.Checksum)
 		}
+	} else {
+		seq = ack.Sequence
 	}
 	if err := p.nc.PublishMsg(d.Msg(p.names.Live(), data)); err != nil {
-		return fmt.Errorf("announce delta %d: %w", d.Revision, err)
+		return seq, fmt.Errorf("announce delta %d: %w", d.Revision, err)
 	}
-	return nil
+	return seq, nil
 }
 
 // Heartbeat publishes hb on the heartbeat subject (core NATS, not stored).

@@ -42,6 +42,7 @@ func FixtureSnapshot(dir string, revision int64) (*cache.Snapshot, error) {
 // ctx ends. A forced sync reloads the fixture files.
 func (s *Syncer) runFixtures(ctx context.Context) error {
 	s.update(func(st *Status) { st.Leader, st.Listening, st.CaughtUp, st.Source = true, true, true, SourceFixtures })
+	s.lastSeq = 0 // stream sequences seen in an earlier leadership say nothing about this one
 	s.metrics.Leader.Set(1)
 	defer func() {
 		s.update(func(st *Status) { st.Leader = false })

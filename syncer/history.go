@@ -6,19 +6,20 @@ import "github.com/beamline/registry-syncer/protocol"
 type published struct {
 	delta *protocol.Delta
 	data  []byte
+	seq   uint64 // stream sequence of the last store of it by this process (0: unknown)
 }
 
 // history is a bounded ring of the most recent published deltas, oldest first. Only the
 // publishing goroutine uses it.
 type history struct {
 	max   int
-	items []published
+	items []*published
 	start int
 }
 
 func newHistory(max int) *history { return &history{max: max} }
 
-func (h *history) add(p published) {
+func (h *history) add(p *published) {
 	if len(h.items) < h.max {
 		h.items = append(h.items, p)
 		return
@@ -27,19 +28,27 @@ func (h *history) add(p published) {
 	h.start = (h.start + 1) % h.max
 }
 
-func (h *history) at(i int) published { return h.items[(h.start+i)%len(h.items)] }
+func (h *history) len() int { return len(h.items) }
 
-// after returns the retained deltas with a revision above rev, oldest first, and whether
-// they continue rev without a hole (the first one's prev is rev).
-func (h *history) after(rev int64) ([]published, bool) {
-	n := len(h.items)
-	i := n
-	for i > 0 && h.at(i-1).delta.Revision > rev {
-		i--
-	}
-	out := make([]published, 0, n-i)
-	for ; i < n; i++ {
+func (h *history) at(i int) *published { return h.items[(h.start+i)%len(h.items)] }
+
+// from returns the retained deltas from index i on, oldest first.
+func (h *history) from(i int) []*published {
+	out := make([]*published, 0, max(0, len(h.items)-i))
+	for ; i < len(h.items); i++ {
 		out = append(out, h.at(i))
 	}
-	return out, len(out) > 0 && out[0].delta.PrevRevision == rev
+	return out
+}
+
+// storedFrom returns the retained deltas last stored at stream sequence seq or later,
+// oldest first.
+func (h *history) storedFrom(seq uint64) []*published {
+	var out []*published
+	for i := 0; i < len(h.items); i++ {
+		if p := h.at(i); p.seq >= seq {
+			out = append(out, p)
+		}
+	}
+	return out
 }

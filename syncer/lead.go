@@ -23,6 +23,7 @@ func (s *Syncer) lead(ctx context.Context) error {
 		return err
 	}
 	s.update(func(st *Status) { st.Leader, st.Source = true, SourceDatabase })
+	s.lastSeq = 0 // stream sequences seen in an earlier leadership say nothing about this one
 	s.metrics.Leader.Set(1)
 	if err := s.ensureStreams(ctx); err != nil {
 		return err
@@ -313,17 +314,20 @@ func (s *Syncer) publishDelta(ctx context.Context, d *protocol.Delta, next *cach
 	if err != nil {
 		return err
 	}
+	var seq uint64 // where this call stored d (0: it was stored already)
 	for attempt := 1; ; attempt++ {
-		err = s.pub.PublishDelta(ctx, d, data)
+		var stored uint64
+		stored, err = s.pub.StoreDelta(ctx, d, data)
 		if errors.Is(err, publisher.ErrTooLarge) {
 			if err = s.writeSnapshot(ctx, next); err == nil {
 				d = &protocol.Delta{Revision: d.Revision, PrevRevision: d.PrevRevision, Checksum: d.Checksum,
 					Count: d.Count, Source: d.Source, CommittedAt: d.CommittedAt, Resync: true, Changes: []cache.Change{}}
 				if data, err = publisher.EncodeDelta(d); err == nil {
-					err = s.pub.PublishDelta(ctx, d, data)
+					stored, err = s.pub.StoreDelta(ctx, d, data)
 				}
 			}
 		}
+		seq = max(seq, stored)
 		if err == nil {
 			s.metrics.NATSUp.Set(1)
 			break
@@ -345,7 +349,17 @@ func (s *Syncer) publishDelta(ctx context.Context, d *protocol.Delta, next *cach
 			return ctx.Err()
 		}
 	}
-	s.history.add(published{delta: d, data: data})
+	if seq > 0 && seq <= s.lastSeq {
+		// The stream's sequence went back: it lost deltas it had acknowledged (a NATS crash
+		// before its disk sync) and reuses their sequence numbers. Republish what it lost
+		// now: with this delta stored on top, checkStream would no longer see the hole.
+		lost := s.history.storedFrom(seq)
+		s.log.WarnContext(ctx, "syncer: the delta stream went back, it lost acknowledged deltas; republishing them",
+			"sequence", seq, "expected_above", s.lastSeq, "candidates", len(lost))
+		s.republish(ctx, lost)
+	}
+	s.lastSeq = max(s.lastSeq, seq)
+	s.history.add(&published{delta: d, data: data, seq: seq})
 	s.metrics.Revisions.Inc()
 	s.setPublished(next, s.cursor)
 	return nil
@@ -475,14 +489,13 @@ func (s *Syncer) checkStream(ctx context.Context) {
 	last, err := s.pub.LastDelta(cctx)
 	if err != nil {
 		s.metrics.NATSUp.Set(0)
-		if errors.Is(err, protocol.ErrNoStream) || isStreamMissing(err) {
-			if err := s.pub.EnsureStreams(cctx); err != nil {
-				return
-			}
-			last = nil
-		} else {
+		if !errors.Is(err, protocol.ErrNoStream) && !isStreamMissing(err) {
 			return
 		}
+		if err := s.pub.EnsureStreams(cctx); err != nil {
+			return
+		}
+		last = nil
 	}
 	s.metrics.NATSUp.Set(1)
 	if m, err := s.pub.Reader().Manifest(cctx); errors.Is(err, protocol.ErrNotFound) || errors.Is(err, protocol.ErrNoStream) || (err == nil && m.Revision < s.written.Load()) {
@@ -490,30 +503,56 @@ func (s *Syncer) checkStream(ctx context.Context) {
 		s.snapForce.Store(true)
 		s.kickSnapshotWriter()
 	}
-	lastRev := int64(0)
-	if last != nil {
-		lastRev = last.Revision
+	// Which of the deltas we published are gone: walk back from the newest until one is
+	// stored. (Not "the delta at the stream's last sequence": the stream keeps its last
+	// sequence when its tail is deleted, and a republished delta may be stored after a
+	// newer one.) When nothing was lost this is one direct get; an empty stream lost all.
+	r := s.pub.Reader()
+	i := s.history.len()
+	if last == nil {
+		i = 0
 	}
-	if lastRev >= s.snap.Revision() {
+	for ; i > 0; i-- {
+		_, err := r.Delta(cctx, s.history.at(i-1).delta.Revision)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, protocol.ErrNotFound) {
+			return // NATS does not answer: next time
+		}
+	}
+	missing := s.history.from(i)
+	if len(missing) == 0 {
 		return
 	}
-	missing, contiguous := s.history.after(lastRev)
-	if len(missing) == 0 {
-		return // nothing of ours is missing (the state came from a snapshot only)
+	if i == 0 && missing[0].delta.PrevRevision > 0 {
+		if _, err := r.Delta(cctx, missing[0].delta.PrevRevision); errors.Is(err, protocol.ErrNotFound) {
+			s.log.ErrorContext(ctx, "syncer: the stream lost deltas older than the retained history; routers behind will re-bootstrap from the snapshot",
+				"history_from", missing[0].delta.Revision)
+			s.snapForce.Store(true)
+			s.kickSnapshotWriter()
+		}
 	}
-	if !contiguous {
-		s.log.ErrorContext(ctx, "syncer: the stream lost deltas older than the retained history; routers behind will re-bootstrap from the snapshot",
-			"stream_last", lastRev, "history_from", missing[0].delta.Revision)
-		s.snapForce.Store(true)
-	}
-	s.log.WarnContext(ctx, "syncer: the stream lacks published deltas; republishing them", "stream_last", lastRev, "published", s.snap.Revision(), "count", len(missing))
-	for _, p := range missing {
-		if err := s.pub.PublishDelta(ctx, p.delta, p.data); err != nil {
+	s.log.WarnContext(ctx, "syncer: the stream lacks published deltas; republishing them",
+		"from", missing[0].delta.Revision, "published", s.snap.Revision(), "count", len(missing))
+	s.republish(ctx, missing)
+}
+
+// republish stores again, oldest first, those of ps that the stream lacks, with the same
+// content, and announces them.
+func (s *Syncer) republish(ctx context.Context, ps []*published) {
+	for _, p := range ps {
+		seq, err := s.pub.StoreDelta(ctx, p.delta, p.data)
+		if err != nil {
 			s.metrics.PublishErrors.Inc()
 			s.log.WarnContext(ctx, "syncer: republish failed", "revision", p.delta.Revision, "error", err)
 			return
 		}
-		s.metrics.Republished.Inc()
+		if seq > 0 {
+			p.seq = seq
+			s.lastSeq = max(s.lastSeq, seq)
+			s.metrics.Republished.Inc()
+		}
 	}
 }
 

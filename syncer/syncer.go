@@ -50,6 +50,7 @@ type Syncer struct {
 	snap    *cache.Snapshot
 	cursor  int64
 	history *history
+	lastSeq uint64 // highest delta-stream sequence this leadership stored at (0: none yet)
 
 	latest    atomic.Pointer[cache.Snapshot] // newest published state, for the snapshot writer
 	snapWake  chan struct{}

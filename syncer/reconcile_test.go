@@ -1,0 +1,220 @@
+package syncer_test
+
+import (
+	"bytes"
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/beamline/registry-syncer/cache"
+	"github.com/beamline/registry-syncer/syncer"
+)
+
+// seedForDrift commits a small registry and returns the converged revision.
+func (b *testBundle) seedForDrift(t *testing.T) int64 {
+	t.Helper()
+	b.exec(t, `INSERT INTO extensions (id, type, subject, timeout_ms) VALUES
+			('a', 'pre', 'beamline.ext.pre.a.v1', 100), ('b', 'post', 'beamline.ext.post.b.v1', 150), ('c', 'provider', 'beamline.provider.c.v1', 5000)`,
+		`INSERT INTO extension_instances (extension_id, instance_id, subject, weight) VALUES ('b', 'i1', 'beamline.ext.post.b.v1.i1', 50), ('c', 'i1', 'beamline.provider.c.v1.i1', 100)`,
+		`INSERT INTO extension_versions (id, version, subject) VALUES ('c', 'v2', 'beamline.provider.c.v2')`)
+	b.exec(t, `UPDATE extensions SET retry = 1 WHERE id = 'c'`)
+	return b.waitConverged(t, 10*time.Second).Revision()
+}
+
+// drift changes the tables the way pg_restore or logical replication apply do: with
+// session_replication_role = replica no trigger fires, so there is no revision and no
+// change-log entry. (Foreign-key cascades are triggers too: c's rows go explicitly.)
+func (b *testBundle) drift(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	rev := b.dbRevision(t)
+	err := pgx.BeginFunc(ctx, b.schema.Pool, func(tx pgx.Tx) error {
+		for _, s := range []string{
+			`SET LOCAL session_replication_role = replica`,
+			`UPDATE extensions SET timeout_ms = 999 WHERE id = 'a'`,
+			`UPDATE extension_instances SET weight = 7 WHERE extension_id = 'b'`,
+			`DELETE FROM extension_instances WHERE extension_id = 'c'`,
+			`DELETE FROM extension_versions WHERE id = 'c'`,
+			`DELETE FROM extensions WHERE id = 'c'`,
+			`INSERT INTO extensions (id, type, subject) VALUES ('d', 'validator', 'beamline.ext.validate.d.v1')`,
+		} {
+			if _, err := tx.Exec(ctx, s); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after := b.dbRevision(t); after != rev {
+		t.Fatalf("the drift made revision %d (was %d): triggers fired", after, rev)
+	}
+}
+
+// checkRepair checks the repair revision: one delta of whole aggregates for exactly the
+// drifted extensions, on top of the last revision, and the earlier deltas unchanged.
+func (b *testBundle) checkRepair(t *testing.T, seeded int64, before map[int64][]byte) {
+	t.Helper()
+	got := b.waitConverged(t, 10*time.Second)
+	if got.Revision() != seeded+1 {
+		t.Fatalf("repaired under revision %d, want one new revision %d", got.Revision(), seeded+1)
+	}
+	deltas := b.checkExactlyOnce(t, 1, got.Revision(), 0)
+	b.replayAll(t, deltas, got.Revision())
+	d := deltas[got.Revision()]
+	want := []string{"put aggregate a", "put aggregate b", "delete aggregate c", "put aggregate d"}
+	have := changeList(d.Changes)
+	slices.Sort(want)
+	slices.Sort(have)
+	if !slices.Equal(have, want) {
+		t.Errorf("repair delta %d: changes %v, want %v", d.Revision, have, want)
+	}
+	for _, c := range d.Changes {
+		if c.Kind == cache.KindAggregate && c.Op == cache.OpPut && c.ID == "b" {
+			if ins, _ := field(t, c, "instances").([]any); len(ins) != 1 || ins[0].(map[string]any)["weight"] != 7.0 {
+				t.Errorf("repair of b: %s", c.Value)
+			}
+		}
+	}
+	after := b.storedRaw(t, 1, seeded)
+	for r, data := range before {
+		if !bytes.Equal(after[r], data) {
+			t.Errorf("stored delta %d changed by the repair", r)
+		}
+	}
+	if e, _ := got.Get("a"); e == nil || e.TimeoutMS != 999 {
+		t.Errorf("a after the repair: %+v", e)
+	}
+}
+
+// TestForceSyncRepairsDrift changes rows behind the triggers' back, then forces a sync:
+// the difference is published under a new revision of whole aggregates; what was published
+// under earlier revisions is unchanged; a second forced sync finds nothing.
+func TestForceSyncRepairsDrift(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	r := b.start(t, nil) // SyncInterval 60s: only the forced sync runs
+	b.waitConverged(t, 10*time.Second)
+	seeded := b.seedForDrift(t)
+	before := b.storedRaw(t, 1, seeded)
+
+	b.drift(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.s.ForceSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b.checkRepair(t, seeded, before)
+	if n := testutil.ToFloat64(r.metrics.ReconcileRepairs); n != 1 {
+		t.Errorf("ReconcileRepairs %v, want 1", n)
+	}
+	if n := testutil.ToFloat64(r.metrics.DriftExtensions); n != 4 {
+		t.Errorf("DriftExtensions %v, want 4", n)
+	}
+	// Nothing left to repair: no new revision.
+	if err := r.s.ForceSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if rev := b.dbRevision(t); rev != seeded+1 {
+		t.Errorf("a forced sync without drift made revision %d", rev)
+	}
+	if n := testutil.ToFloat64(r.metrics.ReconcileRepairs); n != 1 {
+		t.Errorf("ReconcileRepairs %v after a sync without drift, want 1", n)
+	}
+	t.Logf("drift of 4 extensions repaired under revision %d; reconcile runs %v", seeded+1, testutil.ToFloat64(r.metrics.ReconcileRuns))
+	r.stop(t)
+}
+
+// TestPeriodicReconcileRepairsDrift is the same repair, found by the periodic reconcile.
+func TestPeriodicReconcileRepairsDrift(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	r := b.start(t, func(c *syncer.Config) { c.SyncInterval = 300 * time.Millisecond })
+	b.waitConverged(t, 10*time.Second)
+	seeded := b.seedForDrift(t)
+	before := b.storedRaw(t, 1, seeded)
+	if n := testutil.ToFloat64(r.metrics.ReconcileRepairs); n != 0 {
+		t.Fatalf("ReconcileRepairs %v before any drift", n)
+	}
+	b.drift(t)
+	start := time.Now()
+	waitFor(t, 10*time.Second, "the periodic reconcile repairing", func() (bool, error) {
+		return testutil.ToFloat64(r.metrics.ReconcileRepairs) == 1, nil
+	})
+	t.Logf("drift repaired by the periodic reconcile (interval 300ms) %s after it was made", time.Since(start).Round(time.Millisecond))
+	b.checkRepair(t, seeded, before)
+	r.stop(t)
+}
+
+// TestUnapplicableRevisionIsNotPublished commits a row the router could not use (the CHECK
+// constraint that refuses it was dropped): the syncer refuses to publish that revision —
+// it stops, counts it, reports not ready, and retries with backoff rather than spinning.
+// Nothing wrong reaches NATS; the published state stays at the last good revision. This is
+// the intended "stop and alert" behaviour: the syncer cannot skip a revision (routers
+// would see a hole), so an operator has to repair the change log or the row.
+func TestUnapplicableRevisionIsNotPublished(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	r := b.start(t, nil)
+	b.waitConverged(t, 10*time.Second)
+	b.exec(t, `INSERT INTO extensions (id, type, subject, timeout_ms) VALUES ('a', 'pre', 'beamline.ext.pre.a.v1', 100)`)
+	good := b.waitConverged(t, 10*time.Second)
+	b.exec(t, `ALTER TABLE extensions DROP CONSTRAINT extensions_timeout_ms_between_10_and_5000`)
+	bad := b.exec(t, `INSERT INTO extensions (id, type, subject, timeout_ms) VALUES ('bad', 'pre', 'beamline.ext.pre.bad.v1', 1)`)
+	later := b.exec(t, `UPDATE extensions SET timeout_ms = 200 WHERE id = 'a'`)
+
+	waitFor(t, 10*time.Second, "the apply error counted", func() (bool, error) {
+		return testutil.ToFloat64(r.metrics.ApplyErrors) >= 1, nil
+	})
+	// Observe for a bounded while ("nothing else happened"): no delta for the bad revision
+	// or after it, never ready, and a few retries, not thousands.
+	first := testutil.ToFloat64(r.metrics.ApplyErrors)
+	start := time.Now()
+	reasons := map[string]bool{}
+	for time.Since(start) < 3*time.Second {
+		st := r.s.Status()
+		if st.Ready {
+			t.Fatalf("ready while revision %d cannot be published: %+v", bad, st)
+		}
+		reasons[st.Reason] = true
+		time.Sleep(20 * time.Millisecond) // poll interval
+	}
+	retries := testutil.ToFloat64(r.metrics.ApplyErrors) - first
+	if retries > 15 {
+		t.Errorf("%v apply attempts in 3s: the syncer spins instead of backing off", retries)
+	}
+	for _, rev := range []int64{bad, later} {
+		if _, err := b.reader.Delta(context.Background(), rev); err == nil {
+			t.Errorf("revision %d was published", rev)
+		}
+	}
+	pub, err := b.follow(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pub.Revision() != good.Revision() || pub.Checksum() != good.Checksum() {
+		t.Errorf("published state moved to revision %d (last good %d)", pub.Revision(), good.Revision())
+	}
+	if _, ok := pub.Get("bad"); ok {
+		t.Error("the invalid extension was published")
+	}
+	b.checkExactlyOnce(t, 1, good.Revision(), 0)
+	st := r.s.Status()
+	t.Logf("revision %d (timeout_ms 1) refused: apply errors %v (%v more in 3s of backoff), publish stays at revision %d, database at %d; status ready=%v, reasons seen %v",
+		bad, testutil.ToFloat64(r.metrics.ApplyErrors), retries, pub.Revision(), later, st.Ready, keys(reasons))
+	r.stop(t)
+}
+
+func keys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
