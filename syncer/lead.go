@@ -277,7 +277,12 @@ func (s *Syncer) catchUp(ctx context.Context, pool *pgxpool.Pool, upTo int64) er
 				return err
 			}
 			s.metrics.DatabaseRevision.Set(float64(dbRev))
-			s.update(func(st *Status) { st.DatabaseRevision, st.CaughtUp = dbRev, s.cursor >= dbRev })
+			s.update(func(st *Status) {
+				st.DatabaseRevision, st.CaughtUp = dbRev, s.cursor >= dbRev
+				if st.CaughtUp {
+					st.Error = ""
+				}
+			})
 			return nil
 		}
 		s.update(func(st *Status) { st.CaughtUp = false })

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -205,7 +206,10 @@ func TestUnapplicableRevisionIsNotPublished(t *testing.T) {
 	}
 	b.checkExactlyOnce(t, 1, good.Revision(), 0)
 	st := r.s.Status()
-	t.Logf("revision %d (timeout_ms 1) refused: apply errors %v (%v more in 3s of backoff), publish stays at revision %d, database at %d; status ready=%v, reasons seen %v",
+	if !strings.Contains(st.Error, "cannot be applied") || !strings.Contains(st.Reason, "cannot be applied") {
+		t.Errorf("status does not say why nothing is published: error %q, reason %q", st.Error, st.Reason)
+	}
+	t.Logf("revision %d (timeout_ms 1) refused: apply errors %v (%v more in 3s of backoff), publish stays at revision %d, database at %d; status ready=%v, reasons seen %q",
 		bad, testutil.ToFloat64(r.metrics.ApplyErrors), retries, pub.Revision(), later, st.Ready, keys(reasons))
 	r.stop(t)
 }

@@ -32,6 +32,9 @@ type Status struct {
 	SnapshotRevision int64  `json:"snapshot_revision"`
 	Ready            bool   `json:"ready"`
 	Reason           string `json:"reason,omitempty"`
+	// Error is what ended the last leadership, until the syncer is caught up again (e.g. a
+	// revision that cannot be applied: the syncer stops publishing and retries with backoff).
+	Error string `json:"error,omitempty"`
 }
 
 // Syncer is one syncer process. Build it with New and call Run.
@@ -93,6 +96,9 @@ func (s *Syncer) Status() Status {
 	st.SnapshotRevision = s.written.Load()
 	st.Ready, st.Reason = st.Leader && st.Listening && st.CaughtUp && st.SnapshotRevision >= 0, ""
 	switch {
+	case st.Ready:
+	case st.Error != "":
+		st.Reason = "not publishing, retrying after: " + st.Error
 	case !st.Leader:
 		st.Reason = "standby: another syncer holds the leadership (or none acquired yet)"
 	case !st.Listening:
@@ -260,10 +266,22 @@ func (s *Syncer) runDatabase(ctx context.Context) error {
 		cancel()
 		<-lost
 		lock.release()
-		s.update(func(st *Status) { st.Leader, st.Listening, st.CaughtUp = false, false, false })
+		progressed := false
+		s.update(func(st *Status) {
+			progressed = st.CaughtUp
+			st.Leader, st.Listening, st.CaughtUp = false, false, false
+			if err != nil && ctx.Err() == nil {
+				st.Error = err.Error()
+			}
+		})
 		s.metrics.Leader.Set(0)
 		if ctx.Err() != nil {
 			return nil
+		}
+		if progressed {
+			// This leadership worked until it ended: start the backoff over (lead never
+			// returns nil, so without this every later failover would wait up to 5s).
+			attempt = 0
 		}
 		attempt++
 		d := backoff(attempt)
