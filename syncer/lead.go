@@ -393,10 +393,10 @@ func (s *Syncer) reconcile(ctx context.Context, pool *pgxpool.Pool) error {
 		if s.snap.Checksum() == db.Checksum() {
 			return s.catchUp(ctx, pool, 0)
 		}
+		drift := s.snap.Diff(db)
 		if err := s.catchUp(ctx, pool, 0); err != nil {
 			return err
 		}
-		drift := s.snap.Diff(db)
 		s.log.WarnContext(ctx, "syncer: reconcile found drift between the published state and the database; repairing",
 			"revision", db.Revision(), "extensions", len(drift), "ids", head(drift, 20), "attempt", attempt)
 		rev, err := s.syncToDB(ctx, pool, nil, 0, false)
@@ -435,15 +435,26 @@ func (s *Syncer) syncToDB(ctx context.Context, pool *pgxpool.Pool, base *cache.S
 		return 0, fmt.Errorf("sync: take the revision lock: %w", err)
 	}
 	if base == nil {
-		// The repair is computed against the published state, which must be at the locked
-		// revision. Publishing under the lock would hold every registry writer's COMMIT
-		// hostage to NATS, so instead: give up this round if revisions committed since the
-		// caller caught up; the next reconcile tries again.
-		if s.cursor != locked {
-			s.log.InfoContext(ctx, "syncer: repair postponed: new revisions committed meanwhile", "cursor", s.cursor, "locked", locked)
-			return 0, nil
-		}
+		// The repair is computed against the published state as it will be at the locked
+		// revision: the revisions committed since the caller caught up are applied here in
+		// memory only (publishing under the lock would hold every registry writer's COMMIT
+		// hostage to NATS); catchUp publishes them after the commit.
 		base = s.snap
+		for after := s.cursor; after < locked; {
+			revs, err := readRevisions(ctx, tx, after, locked, s.cfg.Batch)
+			if err != nil {
+				return 0, fmt.Errorf("sync: %w", err)
+			}
+			if len(revs) == 0 {
+				break
+			}
+			for _, r := range revs {
+				if base, _, err = base.Apply(r.Revision, SourceDatabase, r.Changes); err != nil {
+					return 0, fmt.Errorf("sync: revision %d: %w", r.Revision, err)
+				}
+				after = r.Revision
+			}
+		}
 	}
 	db, err := readFull(ctx, tx, SourceDatabase)
 	if err != nil {
