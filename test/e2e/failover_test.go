@@ -1,0 +1,115 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/beamline/registry-syncer/protocol"
+)
+
+// failoverWithin is how soon after the leader's death the standby must publish.
+const failoverWithin = 5 * time.Second
+
+// TestFailover runs two syncer processes on one schema: exactly one leads (/readyz 200,
+// the other 503, and only the leader's heartbeats are heard). SIGKILL the leader and
+// commit: the standby publishes that revision within failoverWithin, without a gap or a
+// duplicate in the stream.
+func TestFailover(t *testing.T) {
+	t.Parallel()
+	b := setup(t, "e2e.failover")
+	b.seedDefaults(t)
+
+	// Who sends heartbeats: the syncer field is host:pid.
+	var (
+		mu    sync.Mutex
+		beats = map[int][]time.Time{}
+	)
+	sub, err := b.nc.Subscribe(b.names.Heartbeat(), func(m *nats.Msg) {
+		h, err := protocol.DecodeHeartbeat(m.Data)
+		if err != nil {
+			t.Errorf("heartbeat %q: %v", m.Data, err)
+			return
+		}
+		pid, _ := strconv.Atoi(h.Syncer[strings.LastIndexByte(h.Syncer, ':')+1:])
+		mu.Lock()
+		beats[pid] = append(beats[pid], time.Now())
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+
+	procs := []*syncerProc{b.startSyncer(t), b.startSyncer(t)}
+	var leader, standby *syncerProc
+	eventually(t, 30*time.Second, "one leader and one standby", func() error {
+		var codes [2]int
+		var sts [2]syncerStatus
+		for i, p := range procs {
+			code, st, err := p.readyz(context.Background())
+			if err != nil {
+				return err
+			}
+			codes[i], sts[i] = code, st
+		}
+		switch {
+		case codes[0] == http.StatusOK && codes[1] == http.StatusServiceUnavailable && !sts[1].Leader:
+			leader, standby = procs[0], procs[1]
+		case codes[1] == http.StatusOK && codes[0] == http.StatusServiceUnavailable && !sts[0].Leader:
+			leader, standby = procs[1], procs[0]
+		default:
+			return fmt.Errorf("/readyz: %d %+v and %d %+v", codes[0], sts[0], codes[1], sts[1])
+		}
+		return nil
+	})
+	base := b.storedSnapshot(t)
+	f := b.startFleet(t, 5, true)
+	_, at := b.commit(t, `UPDATE extensions SET retry = 1 WHERE id = 'pii_guard'`)
+	f.converge(t, b.db(t), at, convergeWithin)
+	code, st, err := standby.readyz(context.Background())
+	if err != nil || code != http.StatusServiceUnavailable || st.Leader {
+		t.Fatalf("standby /readyz: %d %+v (%v), want 503 and not leading", code, st, err)
+	}
+	t.Logf("leader %s (pid %d), standby %s (pid %d): %q", leader.name, leader.pid(), standby.name, standby.pid(), st.Reason)
+	eventually(t, 5*time.Second, "a heartbeat from the leader", func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(beats[leader.pid()]) == 0 {
+			return fmt.Errorf("heartbeats from %v", beats)
+		}
+		return nil
+	})
+
+	killedAt := time.Now()
+	leader.kill(t)
+	mu.Lock()
+	if n := len(beats[standby.pid()]); n != 0 {
+		t.Errorf("the standby sent %d heartbeats while the leader lived", n)
+	}
+	mu.Unlock()
+	rev, at := b.commit(t, `UPDATE extensions SET enabled = false WHERE id = 'pii_guard'`)
+	want := b.db(t)
+	c := f.converge(t, want, killedAt, failoverWithin)
+	t.Logf("failover: revision %d, committed %s after the SIGKILL, served by every router and the watcher %s after the SIGKILL (%s)",
+		rev, at.Sub(killedAt).Round(time.Millisecond), c.max.Round(time.Millisecond), c)
+	standby.waitReady(t, failoverWithin)
+	t.Logf("failover: the standby's /readyz answers 200 %s after the SIGKILL", time.Since(killedAt).Round(time.Millisecond))
+
+	_, at = b.commit(t, `UPDATE extensions SET enabled = true WHERE id = 'pii_guard'`)
+	want = b.db(t)
+	f.converge(t, want, at, convergeWithin)
+	b.checkHistory(t, base, want)
+	for _, r := range f.routers {
+		if n := r.rejected.Load(); n != 0 {
+			t.Errorf("%s rejected %d payloads: %v", r.name, n, r.errors())
+		}
+	}
+}
