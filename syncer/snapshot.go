@@ -48,6 +48,14 @@ func (s *Syncer) writeSnapshot(ctx context.Context, snap *cache.Snapshot) error 
 	}
 	start := time.Now()
 	man, err := s.pub.WriteSnapshot(ctx, snap, force)
+	if err == nil && man.Revision > snap.Revision() && s.Status().Leader && s.latest.Load() == snap {
+		// A stored manifest ahead of everything this leader published did not come from
+		// it (a corrupt or foreign write): it would keep new routers from bootstrapping
+		// until the registry caught up with its revision. Replace it.
+		s.log.WarnContext(ctx, "syncer: the stored snapshot manifest is ahead of the published state; rewriting it",
+			"stored_revision", man.Revision, "published_revision", snap.Revision())
+		man, err = s.pub.WriteSnapshot(ctx, snap, true)
+	}
 	if err != nil {
 		if force {
 			s.snapForce.Store(true)
