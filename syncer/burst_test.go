@@ -1,44 +1,81 @@
 package syncer_test
 
 import (
-	"context"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/beamline/registry-syncer/syncer"
 )
 
-// TestBurst has 4 writers commit as fast as they can for 2 s (or 2,000 commits): one
-// delta per revision, in order; snapshot writes coalesce (far fewer than revisions); and a
-// single change right after the burst is published within 1 s.
+// TestBurst has 4 writers commit as fast as they can for 2 s (or 2,000 commits; at least
+// 300, so that a loaded machine still makes a burst): one delta per revision, in order;
+// snapshot writes coalesce (at most one per SnapshotInterval, far fewer than revisions);
+// and a single change right after the burst is published within 1 s.
 func TestBurst(t *testing.T) {
 	t.Parallel()
+	const interval = 200 * time.Millisecond
 	b := setup(t)
 	live := b.recordLive(t)
-	r := b.start(t, nil) // SnapshotInterval 50ms
+	r := b.start(t, func(c *syncer.Config) { c.SnapshotInterval = interval })
 	b.waitConverged(t, 10*time.Second)
 	writesBefore := testutil.ToFloat64(r.metrics.SnapshotWrites)
+	var mu sync.Mutex
+	var beats []time.Time
+	sub, err := b.nc.Subscribe(b.names(t).Heartbeat(), func(*nats.Msg) {
+		mu.Lock()
+		beats = append(beats, time.Now())
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
 
-	w := b.startWriters(context.Background(), 4, 2000, false)
+	w := b.startWriters(4, 2000, false)
 	start := time.Now()
 	waitFor(t, 30*time.Second, "2 s of writes or 2,000 commits", func() (bool, error) {
-		return w.commits.Load() >= 2000 || time.Since(start) >= 2*time.Second, nil
+		n := w.commits.Load()
+		return n >= 2000 || (n >= 300 && time.Since(start) >= 2*time.Second), nil
 	})
 	if err := w.wait(); err != nil {
 		t.Fatal(err)
 	}
 	elapsed := time.Since(start)
 	rev := b.finalChecks(t)
+	converged := time.Since(start)
 	live.checkOrder(t, true)
 	revisions := testutil.ToFloat64(r.metrics.Revisions)
 	writes := testutil.ToFloat64(r.metrics.SnapshotWrites) - writesBefore
-	t.Logf("burst: %d commits in %s by 4 writers, %d revisions, %v deltas published, %v snapshot writes (interval 50ms)",
-		w.commits.Load(), elapsed.Round(time.Millisecond), rev, revisions, writes)
+	t.Logf("burst: %d commits in %s by 4 writers, %d revisions, %v deltas published, %v snapshot writes (interval %s) until converged %s after the start",
+		w.commits.Load(), elapsed.Round(time.Millisecond), rev, revisions, writes, interval, converged.Round(time.Millisecond))
 	if revisions != float64(rev) {
 		t.Errorf("published %v deltas for %d revisions", revisions, rev)
 	}
+	if limit := float64(converged/interval) + 3; writes > limit {
+		t.Errorf("%v snapshot writes in %s: more than one per %s", writes, converged, interval)
+	}
 	if writes*10 > revisions {
 		t.Errorf("%v snapshot writes for %v revisions: snapshots do not coalesce", writes, revisions)
+	}
+	// Heartbeats kept coming while the syncer worked through the burst (interval 100ms):
+	// catching up must not hold back the rest of the lead loop.
+	mu.Lock()
+	gap, prev := time.Duration(0), start
+	for _, at := range beats {
+		if at.After(start) {
+			gap, prev = max(gap, at.Sub(prev)), at
+		}
+	}
+	gap = max(gap, time.Since(prev))
+	mu.Unlock()
+	t.Logf("longest time without a heartbeat during the burst and its catch-up: %s", gap.Round(time.Millisecond))
+	if gap > time.Second {
+		t.Errorf("no heartbeat for %s during the burst (interval 100ms)", gap)
 	}
 	logLag(t, r)
 

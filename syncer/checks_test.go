@@ -209,35 +209,36 @@ func (l *liveLog) checkOrder(t *testing.T, strict bool) {
 type writers struct {
 	commits  atomic.Int64 // transactions whose COMMIT succeeded
 	failures atomic.Int64 // attempts that failed (tolerated: the database was restarting)
+	stopped  atomic.Bool
 	wg       sync.WaitGroup
 	mu       sync.Mutex
 	err      error
-	stop     context.CancelFunc
 }
 
-// startWriters starts n goroutines committing transactions until ctx ends or limit commits
-// were made (0: no limit). Each transaction upserts an extension, upserts an instance or
-// deletes an extension (with its versions and instances), so revisions carry every kind of
-// change. With tolerate, failed attempts are counted and retried (the database is being
-// restarted or a backend terminated); otherwise the first failure stops the writers and is
-// reported by wait.
-func (b *testBundle) startWriters(ctx context.Context, n int, limit int64, tolerate bool) *writers {
-	ctx, cancel := context.WithCancel(ctx)
-	w := &writers{stop: cancel}
+// startWriters starts n goroutines committing transactions until stopped (wait) or limit
+// commits were made (0: no limit). Each transaction upserts an extension, upserts an
+// instance or deletes an extension (with its versions and instances), so revisions carry
+// every kind of change. With tolerate, failed attempts are counted and retried (the
+// database is being restarted); otherwise the first failure stops the writers and is
+// reported by wait. A transaction is never cancelled half-way: a COMMIT cut off by a
+// cancelled context may still commit after the writer gave up on it, which would move the
+// database after the test thought the writers were done.
+func (b *testBundle) startWriters(n int, limit int64, tolerate bool) *writers {
+	w := &writers{}
 	for g := 0; g < n; g++ {
 		w.wg.Add(1)
 		go func() {
 			defer w.wg.Done()
-			for i := 0; ctx.Err() == nil && (limit == 0 || w.commits.Load() < limit); i++ {
+			for i := 0; !w.stopped.Load() && (limit == 0 || w.commits.Load() < limit); i++ {
 				id := fmt.Sprintf("w%d_%d", g, i%7)
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 				err := pgx.BeginFunc(ctx, b.schema.Pool, func(tx pgx.Tx) error {
 					return writeOne(ctx, tx, id, i)
 				})
+				cancel()
 				switch {
 				case err == nil:
 					w.commits.Add(1)
-				case ctx.Err() != nil:
-					return
 				case tolerate:
 					w.failures.Add(1)
 					// Retry pace while the database is down (a poll interval, not a wait
@@ -247,7 +248,7 @@ func (b *testBundle) startWriters(ctx context.Context, n int, limit int64, toler
 					w.mu.Lock()
 					w.err = errors.Join(w.err, fmt.Errorf("writer %d: %w", g, err))
 					w.mu.Unlock()
-					cancel()
+					w.stopped.Store(true)
 					return
 				}
 			}
@@ -279,9 +280,10 @@ func writeOne(ctx context.Context, tx pgx.Tx, id string, i int) error {
 	}
 }
 
-// wait stops the writers (if still running) and returns the first unexpected error.
+// wait stops the writers (if still running) after their current transaction and returns
+// the first unexpected error.
 func (w *writers) wait() error {
-	w.stop()
+	w.stopped.Store(true)
 	w.wg.Wait()
 	w.mu.Lock()
 	defer w.mu.Unlock()

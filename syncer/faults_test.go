@@ -34,7 +34,7 @@ func TestListenerTerminatedDuringBurst(t *testing.T) {
 	b.waitConverged(t, 10*time.Second)
 
 	ctx := context.Background()
-	w := b.startWriters(ctx, 2, 300, false)
+	w := b.startWriters(2, 300, false)
 	kills := 0
 	for i := int64(1); i <= 3; i++ {
 		w.waitCommits(t, 70*i, 60*time.Second)
@@ -81,7 +81,7 @@ func TestPostgresRestartDuringBurst(t *testing.T) {
 	b.waitConverged(t, 10*time.Second)
 
 	ctx := context.Background()
-	w := b.startWriters(ctx, 2, 0, true)
+	w := b.startWriters(2, 0, true)
 	w.waitCommits(t, 100, 60*time.Second)
 	before := w.commits.Load()
 	if err := pg.Restart(harness.StopImmediate); err != nil {
@@ -120,8 +120,7 @@ func TestNATSOutageDuringWrites(t *testing.T) {
 	r := b.start(t, nil)
 	b.waitConverged(t, 10*time.Second)
 
-	ctx := context.Background()
-	w := b.startWriters(ctx, 1, 0, false)
+	w := b.startWriters(1, 0, false)
 	w.waitCommits(t, 50, 30*time.Second)
 	b.nats.Shutdown()
 	down := w.commits.Load()
@@ -159,8 +158,7 @@ func TestSyncerRestartMidBurst(t *testing.T) {
 	r := b.start(t, nil)
 	b.waitConverged(t, 10*time.Second)
 
-	ctx := context.Background()
-	w := b.startWriters(ctx, 2, 0, false)
+	w := b.startWriters(2, 0, false)
 	for i := int64(1); i <= 2; i++ {
 		w.waitCommits(t, 100*i, 60*time.Second)
 		r.stop(t)

@@ -57,17 +57,46 @@ func (s *Syncer) lead(ctx context.Context) error {
 	beat := time.NewTicker(s.cfg.HeartbeatInterval)
 	defer beat.Stop()
 	var seenReconnects, seenNotifications int64
+	// Catching up goes in rounds of about a heartbeat interval; between rounds the loop
+	// serves whatever else is due (more wakes it for the next round).
+	more := make(chan struct{}, 1)
+	follow := func() error {
+		again, err := s.catchUpFor(ctx, pool, s.cfg.HeartbeatInterval)
+		if again {
+			select {
+			case more <- struct{}{}:
+			default:
+			}
+		}
+		return err
+	}
+	onBeat := func() {
+		s.update(func(st *Status) { st.Listening = lis.Listening() })
+		s.heartbeat()
+		s.checkStream(ctx)
+	}
 	for {
+		// A due heartbeat goes first: between catch-up rounds, a random pick among the
+		// ready cases could pass it over several times.
+		select {
+		case <-beat.C:
+			onBeat()
+		default:
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-more:
+			if err := follow(); err != nil {
+				return err
+			}
 		case <-lis.C():
 			rc, n := lis.Stats()
 			s.metrics.ListenerReconnect.Add(float64(rc - seenReconnects))
 			s.metrics.Notifications.Add(float64(n - seenNotifications))
 			seenReconnects, seenNotifications = rc, n
 			s.update(func(st *Status) { st.Listening = lis.Listening() })
-			if err := s.catchUp(ctx, pool, 0); err != nil {
+			if err := follow(); err != nil {
 				return err
 			}
 		case <-reconcile.C:
@@ -81,9 +110,7 @@ func (s *Syncer) lead(ctx context.Context) error {
 				return err
 			}
 		case <-beat.C:
-			s.update(func(st *Status) { st.Listening = lis.Listening() })
-			s.heartbeat()
-			s.checkStream(ctx)
+			onBeat()
 		}
 	}
 }
@@ -263,18 +290,54 @@ func (s *Syncer) kickSnapshotWriter() {
 	}
 }
 
-// catchUp publishes every committed revision after the cursor (up to upTo when positive).
+// catchUp publishes every committed revision after the cursor, up to upTo when positive,
+// else up to the last revision committed when it starts. It does not chase commits made
+// meanwhile: under a sustained stream of commits it would never return, and the lead loop
+// would starve its heartbeats, stream checks, reconciles and forced syncs (the
+// notifications of those commits wake the loop again, so nothing is left behind).
 func (s *Syncer) catchUp(ctx context.Context, pool *pgxpool.Pool, upTo int64) error {
-	for {
-		revs, err := readRevisions(ctx, pool, s.cursor, upTo, s.cfg.Batch)
+	_, err := s.catchUpUntil(ctx, pool, upTo, time.Time{})
+	return err
+}
+
+// catchUpFor is catchUp for at most about budget; more reports that revisions remain.
+// The lead loop uses it so that a long backlog (after a NATS outage, a burst the
+// publisher trails) does not hold back heartbeats and the rest for its whole length.
+func (s *Syncer) catchUpFor(ctx context.Context, pool *pgxpool.Pool, budget time.Duration) (more bool, err error) {
+	return s.catchUpUntil(ctx, pool, 0, time.Now().Add(budget))
+}
+
+func (s *Syncer) catchUpUntil(ctx context.Context, pool *pgxpool.Pool, upTo int64, deadline time.Time) (more bool, err error) {
+	if upTo <= 0 {
+		rev, err := counter(ctx, pool)
 		s.metrics.DatabaseUp.Set(boolGauge(err == nil))
 		if err != nil {
-			return err
+			return false, err
+		}
+		upTo = rev
+	}
+	for {
+		var revs []revision
+		if s.cursor < upTo {
+			if s.pendingAfter == s.cursor && len(s.pending) > 0 {
+				// The rest of the batch read by the previous round (the change log below
+				// the counter never changes).
+				revs, s.pending = s.pending, nil
+				for len(revs) > 0 && revs[len(revs)-1].Revision > upTo {
+					revs = revs[:len(revs)-1]
+				}
+			} else {
+				revs, err = readRevisions(ctx, pool, s.cursor, upTo, s.cfg.Batch)
+				s.metrics.DatabaseUp.Set(boolGauge(err == nil))
+				if err != nil {
+					return false, err
+				}
+			}
 		}
 		if len(revs) == 0 {
 			dbRev, err := counter(ctx, pool)
 			if err != nil {
-				return err
+				return false, err
 			}
 			s.metrics.DatabaseRevision.Set(float64(dbRev))
 			s.update(func(st *Status) {
@@ -283,12 +346,16 @@ func (s *Syncer) catchUp(ctx context.Context, pool *pgxpool.Pool, upTo int64) er
 					st.Error = ""
 				}
 			})
-			return nil
+			return false, nil
 		}
 		s.update(func(st *Status) { st.CaughtUp = false })
-		for _, r := range revs {
+		for i, r := range revs {
+			if !deadline.IsZero() && time.Now().After(deadline) {
+				s.pending, s.pendingAfter = revs[i:], s.cursor
+				return true, nil
+			}
 			if err := s.publishRevision(ctx, r); err != nil {
-				return err
+				return false, err
 			}
 		}
 	}

@@ -54,6 +54,10 @@ type Syncer struct {
 	cursor  int64
 	history *history
 	lastSeq uint64 // highest delta-stream sequence this leadership stored at (0: none yet)
+	// pending is the rest of a change-log batch a time-bounded catch-up round did not
+	// publish; it continues the cursor pendingAfter.
+	pending      []revision
+	pendingAfter int64
 
 	latest    atomic.Pointer[cache.Snapshot] // newest published state, for the snapshot writer
 	snapWake  chan struct{}
