@@ -1,0 +1,149 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// TestSmoke runs the whole benchmark in -short mode so that its code cannot rot: every
+// section must produce numbers and every final checksum must equal the database's. No
+// timing is asserted (CI machines and smoke sizes say nothing about performance).
+func TestSmoke(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL, NATS and the syncer")
+	}
+	tmp := t.TempDir()
+	bin := filepath.Join(tmp, "syncer")
+	build := exec.Command("go", "build", "-o", bin, "github.com/beamline/registry-syncer/cmd/syncer")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/syncer: %v\n%s", err, out)
+	}
+	var log bytes.Buffer
+	o, err := parseArgs([]string{"-short", "-out", filepath.Join(tmp, "results"), "-syncer", bin}, &log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	start := time.Now()
+	res, err := run(ctx, o)
+	t.Logf("benchmark output:\n%s", log.String())
+	if err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	t.Logf("smoke run took %s", time.Since(start).Round(time.Millisecond))
+
+	// The result file is the JSON of what run returned.
+	data, err := os.ReadFile(res.File)
+	if err != nil {
+		t.Fatalf("result file: %v", err)
+	}
+	var back Results
+	if err := json.Unmarshal(data, &back); err != nil {
+		t.Fatalf("result file is not valid JSON: %v", err)
+	}
+
+	positive := func(name string, v float64) {
+		t.Helper()
+		if !(v > 0) {
+			t.Errorf("%s = %v, want a measured (positive) value", name, v)
+		}
+	}
+	sampled := func(name string, l Latency, want int) {
+		t.Helper()
+		if l.N < want || l.Max == 0 {
+			t.Errorf("%s: %d samples (max %v), want at least %d", name, l.N, l.Max, want)
+		}
+	}
+	if f := back.Floor; f == nil || len(f.Rates) != len(o.plan.Rates) {
+		t.Errorf("floor: %+v, want one entry per rate", f)
+	} else {
+		for _, r := range f.Rates {
+			sampled("floor commit->subscriber", r.EndToEnd, 5)
+			sampled("floor commit->notify", r.CommitToNotify, 5)
+			sampled("floor core publish->receive", r.PublishToReceive, 5)
+			sampled("floor JetStream publish->ack", r.JetStreamAck, 5)
+		}
+	}
+	if p := back.Product; p == nil || len(p.Rates) != len(o.plan.Rates) {
+		t.Errorf("product: %+v, want one entry per rate", p)
+	} else {
+		for _, r := range p.Rates {
+			sampled("product commit->OnChange", r.EndToEnd, 5)
+			sampled("product commit->announced", r.CommitToAnnounced, 5)
+		}
+		if !p.ChecksumsEqual {
+			t.Error("product: the client's checksum differs from the database's")
+		}
+	}
+	if len(back.Ratios) != len(o.plan.Rates) {
+		t.Errorf("ratios: %+v, want one per rate", back.Ratios)
+	}
+	for _, r := range back.Ratios {
+		positive("p50 ratio", r.P50)
+		positive("p99 ratio", r.P99)
+	}
+	if b := back.Burst; b == nil {
+		t.Error("burst: no result")
+	} else {
+		positive("burst commits/s", b.CommitsPerS)
+		positive("bare commits/s", b.BareCommitsPerS)
+		positive("burst revisions published", float64(b.RevisionsPublished))
+		if b.RevisionsPublished != b.RevisionsCommitted {
+			t.Errorf("burst: %d revisions committed, %d published", b.RevisionsCommitted, b.RevisionsPublished)
+		}
+		if !b.AllCaughtUp || !b.ChecksumsEqual {
+			t.Errorf("burst: clients caught up %v, checksums equal %v", b.AllCaughtUp, b.ChecksumsEqual)
+		}
+		if b.DurableIsolated == nil || b.NonDurable == nil {
+			t.Error("burst: the isolated commit-rate comparisons are missing")
+		} else {
+			positive("isolated registry commits/s", b.DurableIsolated.Registry)
+			positive("non-durable registry commits/s", b.NonDurable.Registry)
+		}
+	}
+	if s := back.Scale; s == nil {
+		t.Error("scale: no result")
+	} else {
+		positive("import ms", s.ImportMS)
+		positive("reconcile ms", s.ReconcileMedianMS)
+		positive("bootstrap ms", s.BootstrapMedianMS)
+		positive("snapshot bytes", float64(s.SnapshotBytes))
+		positive("client heap per snapshot", float64(s.ClientHeapBytes))
+		positive("syncer peak RSS", float64(s.SyncerPeakRSS))
+		positive("cold syncer peak RSS", float64(s.ColdPeakRSS))
+		sampled("scale single change", s.ChangeLatency, 1)
+		if !s.ChecksumsEqual {
+			t.Error("scale: the client's checksum differs from the database's")
+		}
+	}
+	if f := back.Fanout; f == nil {
+		t.Error("fanout: no result")
+	} else {
+		sampled("fanout all clients updated", f.AllUpdated, o.plan.FanChanges)
+		if f.Incomplete != 0 || !f.ChecksumsEqual {
+			t.Errorf("fanout: %d incomplete changes, checksums equal %v", f.Incomplete, f.ChecksumsEqual)
+		}
+	}
+	if l := back.Lookups; l == nil || len(l.Benches) != 4 {
+		t.Errorf("lookups: %+v, want Lookup and ByType with 1 and 2 goroutines", l)
+	} else {
+		for _, b := range l.Benches {
+			positive(b.Name+" ns/op", b.NsPerOp)
+		}
+	}
+	if len(back.Targets) == 0 {
+		t.Error("no targets judged")
+	}
+	for _, tg := range back.Targets {
+		if tg.Judged {
+			t.Errorf("target %q judged in -short mode", tg.Name)
+		}
+	}
+}

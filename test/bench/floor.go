@@ -1,0 +1,236 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// The floor: the least work that carries a committed change to a subscriber on this
+// machine. A one-row UPDATE whose transaction sends a NOTIFY; a connection LISTENing;
+// one SELECT by primary key; a core NATS publish; a subscriber. Its parts are measured
+// on the way. A second pass of the same relay also stores each message in JetStream and
+// waits for the ack before the core publish, as the product must (PROTOCOL.md §7: a
+// delta is announced only after the stream acknowledged it): that pass is not the floor,
+// it tells how much of the product's time the durable store alone explains.
+
+const (
+	stCommit  = iota // COMMIT returned to the writer
+	stNotify         // the LISTENing connection received the notification
+	stSelect         // the SELECT by primary key returned
+	stPublish        // just before the core NATS publish
+	stJSAck          // floor+JetStream pass: the JetStream ack arrived (publish started at stSelect)
+	stRecv           // the subscriber (or the router client's OnChange) got it
+	stRev            // product: the revision that carried the write (a number, not a time)
+	numStages
+)
+
+// FloorRate is the floor at one paced rate.
+type FloorRate struct {
+	Pace             paceResult `json:"pace"`
+	EndToEnd         Latency    `json:"commit_to_subscriber"`
+	CommitToNotify   Latency    `json:"commit_to_notify"`
+	NotifyToSelected Latency    `json:"notify_to_select_done"`
+	PublishToReceive Latency    `json:"core_publish_to_receive"`
+	Missing          int        `json:"missing"`
+	// The relay with a JetStream store before the core publish (not the floor).
+	WithJetStream      paceResult `json:"with_jetstream_pace"`
+	JSEndToEnd         Latency    `json:"with_jetstream_commit_to_subscriber"`
+	JetStreamAck       Latency    `json:"jetstream_publish_to_ack"`
+	JSPublishToReceive Latency    `json:"with_jetstream_core_publish_to_receive"`
+	JSMissing          int        `json:"with_jetstream_missing"`
+}
+
+// FloorResult is the floor at every rate.
+type FloorResult struct {
+	Rows        int         `json:"rows"`
+	WriterConns int         `json:"writer_connections"`
+	Rates       []FloorRate `json:"rates"`
+}
+
+func runFloor(ctx context.Context, e *env, r *Results) error {
+	p := e.opts.plan
+	n := p.Registry
+	url, err := createSchema(ctx, e.pg, "bench_floor", false)
+	if err != nil {
+		return err
+	}
+	admin, err := e.connectPG(ctx, url)
+	if err != nil {
+		return err
+	}
+	// A row about the size of an extension's.
+	if _, err := admin.Exec(ctx, `CREATE TABLE floor_t (id integer PRIMARY KEY, seq bigint NOT NULL DEFAULT 0, payload text NOT NULL)`); err != nil {
+		return err
+	}
+	if _, err := admin.Exec(ctx, `INSERT INTO floor_t (id, payload)
+		SELECT i, '{"id":"ext.' || lpad(i::text, 6, '0') || '","type":"pre","subject":"ext.pre.' || lpad(i::text, 6, '0') ||
+		'.v1","timeout_ms":100,"retry":0,"enabled":true,"version":"v1","config":{"mode":"strict"},"metadata":{}}'
+		FROM generate_series(0, $1 - 1) i`, n); err != nil {
+		return err
+	}
+	if _, err := admin.Exec(ctx, `VACUUM ANALYZE floor_t`); err != nil {
+		return err
+	}
+
+	var cur atomic.Pointer[stamps]
+	// Subscriber.
+	ncSub, err := e.connectNATS("bench-floor-sub")
+	if err != nil {
+		return err
+	}
+	const subject = "bench.floor.relay"
+	if _, err := ncSub.Subscribe(subject, func(m *nats.Msg) {
+		t := now()
+		seqText, _, _ := bytes.Cut(m.Data, []byte{' '})
+		if seq, err := strconv.ParseInt(string(seqText), 10, 64); err == nil {
+			cur.Load().set(stRecv, seq, t)
+		}
+	}); err != nil {
+		return err
+	}
+	if err := ncSub.Flush(); err != nil {
+		return err
+	}
+	// Relay: LISTEN -> SELECT by primary key -> core publish.
+	ncPub, err := e.connectNATS("bench-floor-pub")
+	if err != nil {
+		return err
+	}
+	lconn, err := e.connectPG(ctx, url)
+	if err != nil {
+		return err
+	}
+	if _, err := lconn.Exec(ctx, `LISTEN bench_floor`); err != nil {
+		return err
+	}
+	// JetStream: a stream like the product's delta stream (file storage, duplicate
+	// window, direct gets), for the second pass.
+	js, err := jetstream.New(ncPub)
+	if err != nil {
+		return err
+	}
+	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: "BENCH_FLOOR_JS", Subjects: []string{"bench.floorjs.>"},
+		Storage: jetstream.FileStorage, Retention: jetstream.LimitsPolicy, Duplicates: 2 * time.Minute, AllowDirect: true}); err != nil {
+		return err
+	}
+	var withJS atomic.Bool
+	rctx, stopRelay := context.WithCancel(ctx)
+	var relayErr atomic.Pointer[error]
+	relayExited := make(chan struct{})
+	go func() {
+		defer close(relayExited)
+		var buf []byte
+		for {
+			nt, err := lconn.WaitForNotification(rctx)
+			if err != nil {
+				relayErr.Store(&err)
+				return
+			}
+			t := now()
+			st := cur.Load()
+			idText, seqText, _ := stringsCut(nt.Payload, ':')
+			id, _ := strconv.Atoi(idText)
+			seq, _ := strconv.ParseInt(seqText, 10, 64)
+			st.set(stNotify, seq, t)
+			var rowSeq int64
+			var payload string
+			if err := lconn.QueryRow(rctx, `SELECT seq, payload FROM floor_t WHERE id = $1`, id).Scan(&rowSeq, &payload); err != nil {
+				relayErr.Store(&err)
+				return
+			}
+			t = now()
+			st.set(stSelect, seq, t)
+			buf = strconv.AppendInt(buf[:0], rowSeq, 10)
+			buf = append(buf, ' ')
+			buf = append(buf, payload...)
+			if withJS.Load() {
+				// One subject per message, a message id and an expected last subject
+				// sequence of 0, as the syncer stores a delta.
+				seqText := strconv.FormatInt(seq, 10)
+				m := nats.NewMsg("bench.floorjs." + seqText)
+				m.Data = buf
+				if _, err := js.PublishMsg(rctx, m, jetstream.WithMsgID("floor:"+seqText), jetstream.WithExpectLastSequencePerSubject(0)); err != nil {
+					relayErr.Store(&err)
+					return
+				}
+				st.set(stJSAck, seq, now())
+			}
+			st.set(stPublish, seq, now())
+			if err := ncPub.Publish(subject, buf); err != nil {
+				relayErr.Store(&err)
+				return
+			}
+		}
+	}()
+	defer func() {
+		stopRelay()
+		<-relayExited
+	}()
+
+	writers, err := e.connectPGs(ctx, url, p.WriterConns)
+	if err != nil {
+		return err
+	}
+	write := func(ctx context.Context, conn *pgx.Conn, seq int64) error {
+		_, err := conn.Exec(ctx, `WITH u AS (UPDATE floor_t SET seq = $1 WHERE id = $2 RETURNING id, seq)
+			SELECT pg_notify('bench_floor', u.id || ':' || u.seq) FROM u`, seq, seq%int64(n))
+		return err
+	}
+	res := &FloorResult{Rows: n, WriterConns: p.WriterConns}
+	r.Floor = res
+	next := int64(1)
+	for i, rate := range p.Rates {
+		fr := FloorRate{}
+		for _, js := range []bool{false, true} {
+			withJS.Store(js)
+			warm := int(rate * p.Warmup.Seconds())
+			meas := int(rate * p.Durations[i].Seconds())
+			st := newStamps(next, warm+meas, numStages)
+			cur.Store(st)
+			pace := paced(ctx, writers, rate, next, warm+meas, write, func(seq, t int64) { st.set(stCommit, seq, t) })
+			from, to := next+int64(warm), next+int64(warm+meas)
+			waitUntil(ctx, 10*time.Second, func() bool { return st.complete(stCommit, stRecv, from, to) })
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if err := relayErr.Load(); err != nil {
+				return fmt.Errorf("relay: %w", *err)
+			}
+			next = to
+			e2e, missing := st.diffs(stCommit, stRecv, from, to)
+			pub, _ := st.diffs(stPublish, stRecv, from, to)
+			if js {
+				fr.WithJetStream, fr.JSEndToEnd, fr.JSMissing, fr.JSPublishToReceive = pace, summarize(e2e), missing, summarize(pub)
+				d, _ := st.diffs(stSelect, stJSAck, from, to)
+				fr.JetStreamAck = summarize(d)
+				continue
+			}
+			fr.Pace, fr.EndToEnd, fr.Missing, fr.PublishToReceive = pace, summarize(e2e), missing, summarize(pub)
+			d, _ := st.diffs(stCommit, stNotify, from, to)
+			fr.CommitToNotify = summarize(d)
+			d, _ = st.diffs(stNotify, stSelect, from, to)
+			fr.NotifyToSelected = summarize(d)
+		}
+		res.Rates = append(res.Rates, fr)
+		e.logf("floor %5.0f/s: commit->subscriber p50 %.3f ms p99 %.3f ms (commit->notify p50 %.3f, core publish->receive p50 %.3f); with a JetStream store: p50 %.3f p99 %.3f (ack p50 %.3f)",
+			rate, fr.EndToEnd.P50, fr.EndToEnd.P99, fr.CommitToNotify.P50, fr.PublishToReceive.P50, fr.JSEndToEnd.P50, fr.JSEndToEnd.P99, fr.JetStreamAck.P50)
+	}
+	return nil
+}
+
+func stringsCut(s string, sep byte) (string, string, bool) {
+	for i := 0; i < len(s); i++ {
+		if s[i] == sep {
+			return s[:i], s[i+1:], true
+		}
+	}
+	return s, "", false
+}
