@@ -21,7 +21,13 @@ func (s *Syncer) snapshotWriter(ctx context.Context) {
 		if snap == nil || (snap.Revision() <= s.written.Load() && !s.snapForce.Load()) {
 			continue
 		}
-		if err := s.writeSnapshot(ctx, snap); err != nil {
+		// A write in progress is not cut short by the shutdown (Run waits for it): a
+		// cancelled write leaves chunks without a manifest, or a manifest with the old
+		// snapshots not purged, and logs a failure on every clean stop.
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		err := s.writeSnapshot(wctx, snap)
+		cancel()
+		if err != nil {
 			attempt++
 			wait := backoff(attempt)
 			s.log.WarnContext(ctx, "syncer: snapshot write failed, retrying", "revision", snap.Revision(), "error", err, "attempt", attempt, "sleep_duration", wait)
