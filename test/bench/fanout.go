@@ -48,14 +48,16 @@ func runFanout(ctx context.Context, e *env, r *Results) error {
 	p := e.opts.plan
 	res := &FanoutResult{}
 	r.Fanout = res
-	if err := fanoutPass(ctx, e, "fanout", p.Registry, res); err != nil {
+	// Each pass in a scope of its own: the first pass's clients, connections and syncer
+	// are gone (and their heap collectable) before the second starts.
+	first := e.child()
+	err := fanoutPass(ctx, first, "fanout", p.Registry, res)
+	first.close()
+	if err != nil {
 		return err
 	}
 	res.TinyRegistry = &FanoutResult{}
-	// A fresh scope: the first pass's clients and connections are gone.
-	sub := e.child()
-	defer sub.close()
-	return fanoutPass(ctx, sub, "fanouttiny", tinyRegistry, res.TinyRegistry)
+	return fanoutPass(ctx, e, "fanouttiny", tinyRegistry, res.TinyRegistry)
 }
 
 func fanoutPass(ctx context.Context, e *env, name string, size int, res *FanoutResult) error {

@@ -15,7 +15,9 @@ import (
 type LookupBench struct {
 	Name        string  `json:"name"`
 	Goroutines  int     `json:"goroutines"`
-	NsPerOp     float64 `json:"ns_per_op"`
+	NsPerOp     float64 `json:"ns_per_op"` // wall time over all operations (b.RunParallel's convention)
+	// NsPerCall is the time one call takes in its goroutine: NsPerOp times goroutines.
+	NsPerCall float64 `json:"ns_per_call"`
 	AllocsPerOp int64   `json:"allocs_per_op"`
 	BytesPerOp  int64   `json:"bytes_per_op"`
 	Ops         int     `json:"ops"`
@@ -93,8 +95,9 @@ func runLookups(ctx context.Context, e *env, r *Results) error {
 		for _, g := range []int{1, 2} {
 			lb := measure(b.op, g, e.opts.short)
 			lb.Name = b.name
+			lb.NsPerCall = math.Round(lb.NsPerOp*float64(g)*10) / 10
 			res.Benches = append(res.Benches, lb)
-			e.logf("lookups: %s with %d goroutine(s): %.1f ns/op, %d allocs/op", b.name, g, lb.NsPerOp, lb.AllocsPerOp)
+			e.logf("lookups: %s with %d goroutine(s): %.1f ns/op (%.1f ns per call), %d allocs/op", b.name, g, lb.NsPerOp, lb.NsPerCall, lb.AllocsPerOp)
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()

@@ -112,7 +112,7 @@ func runProduct(ctx context.Context, e *env, r *Results) error {
 		st := newStamps(next, warm+meas, numStages)
 		cur.Store(st)
 		pace := paced(ctx, writers, rate, next, warm+meas, write, func(seq, t int64) { st.set(stCommit, seq, t) })
-		from, to := next+int64(warm), next+int64(warm+meas)
+		from, to := next+int64(warm), next+int64(pace.Writes)
 		waitUntil(ctx, 30*time.Second, func() bool { return st.complete(stCommit, stRecv, from, to) })
 		if err := ctx.Err(); err != nil {
 			return err

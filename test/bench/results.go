@@ -207,7 +207,7 @@ func judge(r *Results) []Target {
 				continue
 			}
 			add(fmt.Sprintf("Lookup, %d goroutine(s)", b.Goroutines), "≤ 50 ns, 0 allocs",
-				fmt.Sprintf("%.1f ns, %d allocs", b.NsPerOp, b.AllocsPerOp), b.NsPerOp <= 50 && b.AllocsPerOp == 0)
+				fmt.Sprintf("%.1f ns per call, %d allocs", b.NsPerCall, b.AllocsPerOp), b.NsPerCall <= 50 && b.AllocsPerOp == 0)
 		}
 	}
 	return ts
@@ -382,10 +382,10 @@ func printSummary(w io.Writer, r *Results) {
 	}
 	if l := r.Lookups; l != nil {
 		fmt.Fprintf(w, "### Client reads (registry of %d)\n\n", l.Registry)
-		row("op", "goroutines", "ns/op", "allocs/op", "B/op")
-		sep(5)
+		row("op", "goroutines", "ns per call", "ns/op (wall ÷ all ops)", "allocs/op", "B/op")
+		sep(6)
 		for _, b := range l.Benches {
-			row(b.Name, fmt.Sprint(b.Goroutines), fmt.Sprintf("%.1f", b.NsPerOp), fmt.Sprint(b.AllocsPerOp), fmt.Sprint(b.BytesPerOp))
+			row(b.Name, fmt.Sprint(b.Goroutines), fmt.Sprintf("%.1f", b.NsPerCall), fmt.Sprintf("%.1f", b.NsPerOp), fmt.Sprint(b.AllocsPerOp), fmt.Sprint(b.BytesPerOp))
 		}
 		flush()
 	}

@@ -127,7 +127,8 @@ type paceResult struct {
 
 // paced issues count writes at rate per second, seq first..first+count-1, on a pool of
 // writer connections (one write at a time per connection), and calls committed(seq, t)
-// with the time COMMIT returned.
+// with the time COMMIT returned. When the writers cannot keep up, it stops dispatching
+// at 1.25 times the planned duration: Writes says how many were issued.
 func paced(ctx context.Context, conns []*pgx.Conn, rate float64, first int64, count int, write writeFunc, committed func(seq, t int64)) paceResult {
 	jobs := make(chan int64, len(conns))
 	var errs atomic.Int64
@@ -146,7 +147,8 @@ func paced(ctx context.Context, conns []*pgx.Conn, rate float64, first int64, co
 	res := paceResult{Target: rate}
 	start := time.Now()
 	interval := float64(time.Second) / rate
-	for i := 0; i < count && ctx.Err() == nil; i++ {
+	deadline := start.Add(time.Duration(1.25 * float64(count) * interval))
+	for i := 0; i < count && ctx.Err() == nil && time.Now().Before(deadline); i++ {
 		slot := start.Add(time.Duration(float64(i) * interval))
 		if d := time.Until(slot); d > 0 {
 			time.Sleep(d)
