@@ -13,11 +13,11 @@ import (
 
 // LookupBench is one read benchmark of the client.
 type LookupBench struct {
-	Name        string  `json:"name"`
-	Goroutines  int     `json:"goroutines"`
-	NsPerOp     float64 `json:"ns_per_op"` // wall time over all operations (b.RunParallel's convention)
+	Name       string  `json:"name"`
+	Goroutines int     `json:"goroutines"`
+	NsPerOp    float64 `json:"ns_per_op"` // wall time over all operations (b.RunParallel's convention)
 	// NsPerCall is the time one call takes in its goroutine: NsPerOp times goroutines.
-	NsPerCall float64 `json:"ns_per_call"`
+	NsPerCall   float64 `json:"ns_per_call"`
 	AllocsPerOp int64   `json:"allocs_per_op"`
 	BytesPerOp  int64   `json:"bytes_per_op"`
 	Ops         int     `json:"ops"`
