@@ -23,7 +23,8 @@ func (s *Syncer) lead(ctx context.Context) error {
 		return err
 	}
 	s.update(func(st *Status) { st.Leader, st.Source = true, SourceDatabase })
-	s.lastSeq = 0 // stream sequences seen in an earlier leadership say nothing about this one
+	s.lastSeq = 0   // stream sequences seen in an earlier leadership say nothing about this one
+	s.pending = nil // nor does a batch read then (the database may have been restored since)
 	s.metrics.Leader.Set(1)
 	if err := s.ensureStreams(ctx); err != nil {
 		return err
@@ -586,22 +587,43 @@ func (s *Syncer) checkStream(ctx context.Context) {
 		s.snapForce.Store(true)
 		s.kickSnapshotWriter()
 	}
-	// Which of the deltas we published are gone: walk back from the newest until one is
-	// stored. (Not "the delta at the stream's last sequence": the stream keeps its last
-	// sequence when its tail is deleted, and a republished delta may be stored after a
-	// newer one.) When nothing was lost this is one direct get; an empty stream lost all.
+	// Which of the deltas we published are gone. A stream loses a tail (a crash loses what
+	// it had not synced), so the retained history is stored up to some point and missing
+	// after it: check the newest (one direct get when nothing was lost), else search for
+	// that point (a few gets even for a long loss). Not "the delta at the stream's last
+	// sequence": the stream keeps its last sequence when its tail is deleted, and a
+	// republished delta may be stored after a newer one. An empty stream lost all.
 	r := s.pub.Reader()
+	stored := func(i int) (bool, error) {
+		_, err := r.Delta(cctx, s.history.at(i).delta.Revision)
+		if errors.Is(err, protocol.ErrNotFound) {
+			return false, nil
+		}
+		return err == nil, err
+	}
 	i := s.history.len()
 	if last == nil {
 		i = 0
-	}
-	for ; i > 0; i-- {
-		_, err := r.Delta(cctx, s.history.at(i-1).delta.Revision)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, protocol.ErrNotFound) {
+	} else if i > 0 {
+		ok, err := stored(i - 1)
+		if err != nil {
 			return // NATS does not answer: next time
+		}
+		if !ok {
+			lo, hi := 0, i-1 // the first missing one is in [lo, hi]
+			for lo < hi {
+				mid := (lo + hi) / 2
+				ok, err := stored(mid)
+				if err != nil {
+					return
+				}
+				if ok {
+					lo = mid + 1
+				} else {
+					hi = mid
+				}
+			}
+			i = lo
 		}
 	}
 	missing := s.history.from(i)
