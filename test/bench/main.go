@@ -23,6 +23,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -33,17 +34,18 @@ import (
 var sectionNames = []string{"floor", "product", "burst", "scale", "fanout", "lookups"}
 
 type options struct {
-	short     bool
-	out       string
-	only      map[string]bool
-	syncerBin string
-	keepLogs  bool
-	inprocess bool   // run the syncer inside this process (profiling only)
-	profile   string // directory for per-section CPU and heap profiles
-	trace     string // directory for per-section execution traces
-	syncerEnv []string
-	log       io.Writer
-	plan      plan
+	short       bool
+	out         string
+	only        map[string]bool
+	syncerBin   string
+	keepLogs    bool
+	inprocess   bool   // run the syncer inside this process (profiling only)
+	profile     string // directory for per-section CPU and heap profiles
+	trace       string // directory for per-section execution traces
+	syncerEnv   []string
+	customRates bool
+	log         io.Writer
+	plan        plan
 }
 
 func (o *options) selected(name string) bool { return len(o.only) == 0 || o.only[name] }
@@ -115,6 +117,7 @@ func parseArgs(args []string, log io.Writer) (*options, error) {
 	inproc := fs.Bool("syncer-inprocess", false, "profiling: run the syncer inside the benchmark process, so -profile and -trace include it (its RSS figures are then the benchmark's)")
 	profile := fs.String("profile", "", "write a CPU and a heap profile per section (pprof) into this directory")
 	traceDir := fs.String("trace", "", "write an execution trace per section into this directory (large: use with -only and -short)")
+	rates := fs.String("rates", "", "experiments: paced rates of the floor and product sections as RATE[:DURATION],... (default 10:15s,100:12s,1000:8s; -short 1s each)")
 	var syncerEnv multiFlag
 	fs.Var(&syncerEnv, "syncer-env", "experiments: extra KEY=VALUE for every `syncer run` (repeatable), e.g. EXTENSION_REGISTRY_SNAPSHOT_INTERVAL=1h")
 	if err := fs.Parse(args); err != nil {
@@ -141,6 +144,24 @@ func parseArgs(args []string, log io.Writer) (*options, error) {
 	o.plan = fullPlan()
 	if o.short {
 		o.plan = shortPlan()
+	}
+	if *rates != "" {
+		o.customRates = true
+		o.plan.Rates, o.plan.Durations = nil, nil
+		for _, item := range strings.Split(*rates, ",") {
+			rs, ds, hasD := strings.Cut(strings.TrimSpace(item), ":")
+			r, err := strconv.ParseFloat(rs, 64)
+			if err != nil || r <= 0 {
+				return nil, fmt.Errorf("-rates: bad rate %q", rs)
+			}
+			d := 10 * time.Second
+			if hasD {
+				if d, err = time.ParseDuration(ds); err != nil || d <= 0 {
+					return nil, fmt.Errorf("-rates: bad duration %q", ds)
+				}
+			}
+			o.plan.Rates, o.plan.Durations = append(o.plan.Rates, r), append(o.plan.Durations, d)
+		}
 	}
 	o.plan.fill()
 	return o, nil
@@ -226,7 +247,8 @@ var sections = []section{
 // returned error joins every section's failure.
 func run(ctx context.Context, o *options) (*Results, error) {
 	started := time.Now()
-	res := &Results{Started: started.UTC(), Short: o.short, Plan: o.plan}
+	res := &Results{Started: started.UTC(), Short: o.short, Plan: o.plan,
+		Experimental: o.inprocess || len(o.syncerEnv) > 0 || o.customRates}
 	e := &env{opts: o}
 	active.Store(e)
 	defer e.close()

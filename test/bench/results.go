@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"runtime"
 	"sort"
 	"strings"
@@ -21,6 +22,7 @@ type Results struct {
 	Finished       time.Time      `json:"finished"`
 	DurationS      float64        `json:"duration_s"`
 	Short          bool           `json:"short"`
+	Experimental   bool           `json:"experimental"` // -rates, -syncer-env or -syncer-inprocess: targets not judged
 	Machine        Machine        `json:"machine"`
 	Plan           plan           `json:"plan"`
 	Floor          *FloorResult   `json:"floor,omitempty"`
@@ -86,6 +88,10 @@ type Machine struct {
 	SynchronousCommit string `json:"synchronous_commit"`
 	WALSyncMethod     string `json:"wal_sync_method"`
 	NATSServer        string `json:"nats_server"`
+	// The source tree measured: HEAD and the files that differed from it (the syncer is
+	// built from the working tree).
+	Commit        string   `json:"commit"`
+	ModifiedFiles []string `json:"modified_files,omitempty"`
 }
 
 func machineFacts(ctx context.Context, e *env) Machine {
@@ -109,6 +115,16 @@ func machineFacts(ctx context.Context, e *env) Machine {
 	}
 	if data, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		m.Kernel = strings.TrimSpace(string(data))
+	}
+	if out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output(); err == nil {
+		m.Commit = strings.TrimSpace(string(out))
+	}
+	if out, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output(); err == nil {
+		for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			if f := strings.TrimSpace(l); f != "" {
+				m.ModifiedFiles = append(m.ModifiedFiles, f)
+			}
+		}
 	}
 	conn, err := pgx.Connect(ctx, e.pg.AdminURL())
 	if err == nil {
@@ -166,7 +182,7 @@ type Target struct {
 func judge(r *Results) []Target {
 	var ts []Target
 	add := func(name, goal, value string, met bool) {
-		ts = append(ts, Target{Name: name, Goal: goal, Value: value, Met: met, Judged: !r.Short})
+		ts = append(ts, Target{Name: name, Goal: goal, Value: value, Met: met, Judged: !r.Short && !r.Experimental})
 	}
 	for _, ra := range r.Ratios {
 		if ra.Rate < 100 {
@@ -257,10 +273,15 @@ func lat(l Latency) string {
 
 // printSummary prints the tables (Markdown, so BENCHMARKS.md can quote them).
 func printSummary(w io.Writer, r *Results) {
-	fmt.Fprintf(w, "\n## Results (%s, %s; %.0f s)\n\n", r.Started.Format(time.RFC3339), map[bool]string{true: "SHORT smoke run: sizes and durations too small to mean anything", false: "full run"}[r.Short], r.DurationS)
+	fmt.Fprintf(w, "\n## Results (%s, %s; %.0f s)\n\n", r.Started.Format(time.RFC3339), map[bool]string{true: "SHORT smoke run: sizes and durations too small to mean anything", false: "full run"}[r.Short]+map[bool]string{true: ", EXPERIMENT (-rates, -syncer-env or -syncer-inprocess)", false: ""}[r.Experimental], r.DurationS)
 	m := r.Machine
 	fmt.Fprintf(w, "Machine: %d CPUs (%s), %s RAM, Linux %s, %s; %s (fsync=%s, synchronous_commit=%s, wal_sync_method=%s); NATS %s.\n",
 		m.NProc, m.CPU, m.MemTotal, m.Kernel, m.Go, m.PostgreSQL, m.Fsync, m.SynchronousCommit, m.WALSyncMethod, m.NATSServer)
+	dirty := ""
+	if len(m.ModifiedFiles) > 0 {
+		dirty = fmt.Sprintf(" with %d modified files (%s)", len(m.ModifiedFiles), strings.Join(m.ModifiedFiles, ", "))
+	}
+	fmt.Fprintf(w, "Source: commit %s%s.\n", m.Commit, dirty)
 
 	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)
 	row := func(cells ...string) { fmt.Fprintln(tw, "| "+strings.Join(cells, "\t| ")+"\t|") }
@@ -399,7 +420,7 @@ func printSummary(w io.Writer, r *Results) {
 				met = "met"
 			}
 			if !t.Judged {
-				met += " (smoke: not judged)"
+				met += " (smoke or experiment: not judged)"
 			}
 			row(t.Name, t.Goal, t.Value, met)
 		}
