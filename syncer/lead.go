@@ -237,6 +237,7 @@ func (s *Syncer) restore(ctx context.Context, pool *pgxpool.Pool) error {
 		return err
 	}
 	s.metrics.DatabaseRevision.Set(float64(dbRev))
+	s.update(func(st *Status) { st.DatabaseRevision = dbRev })
 	switch {
 	case published == nil:
 		snap, err := readConsistent(ctx, pool)

@@ -54,12 +54,30 @@ func (s *Syncer) writeSnapshot(ctx context.Context, snap *cache.Snapshot) error 
 	}
 	start := time.Now()
 	man, err := s.pub.WriteSnapshot(ctx, snap, force)
-	if err == nil && man.Revision > snap.Revision() && s.Status().Leader && s.latest.Load() == snap {
-		// A stored manifest ahead of everything this leader published did not come from
-		// it (a corrupt or foreign write): it would keep new routers from bootstrapping
-		// until the registry caught up with its revision. Replace it.
+	if err == nil && man.Revision > snap.Revision() {
+		// The stored manifest is ahead of this state. Usually another syncer wrote it: the
+		// previous leader, still publishing or just stopped, while this one catches up.
+		// Rewriting it with this older state would send the snapshot backwards again and
+		// again during the catch-up; this leader reaches that revision soon, and replaces
+		// the manifest then if its content differs — so do not record it as written. Only
+		// a manifest beyond the database's last revision, which nobody will ever reach (a
+		// corrupt or foreign write), is replaced at once: it would keep new routers from
+		// bootstrapping until the registry caught up with it.
+		if !s.Status().Leader || s.latest.Load() != snap {
+			return nil
+		}
+		dbRev := int64(-1)
+		if snap.Source() == SourceDatabase {
+			pool, err := s.Pool()
+			if err == nil {
+				dbRev, err = counter(ctx, pool)
+			}
+			if err != nil || man.Revision <= dbRev {
+				return nil
+			}
+		}
 		s.log.WarnContext(ctx, "syncer: the stored snapshot manifest is ahead of the published state; rewriting it",
-			"stored_revision", man.Revision, "published_revision", snap.Revision())
+			"stored_revision", man.Revision, "published_revision", snap.Revision(), "database_revision", dbRev)
 		man, err = s.pub.WriteSnapshot(ctx, snap, true)
 	}
 	if err != nil {

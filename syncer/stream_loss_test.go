@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,7 +15,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/beamline/registry-syncer/protocol"
 )
 
 // storedRaw returns the stored payload of the deltas from..to.
@@ -203,6 +209,62 @@ func TestRepublishesTheTailLostInACrash(t *testing.T) {
 	})
 	t.Logf("5 deltas lost in the crash republished, and revision %d published, within %s of the restart; republished metric %v",
 		next, time.Since(start).Round(time.Millisecond), testutil.ToFloat64(r.metrics.Republished))
+	b.finalChecks(t)
+	r.stop(t)
+}
+
+// publishBadManifest stores a snapshot document and manifest for revision rev whose
+// checksum matches nothing (a corrupt or foreign write), as the syncer stores them.
+func (b *testBundle) publishBadManifest(t *testing.T, rev int64) {
+	t.Helper()
+	ctx := context.Background()
+	js, err := jetstream.New(b.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := b.names(t)
+	const bad = "0000000000000000000000000000000000000000000000000000000000000000"
+	doc := []byte(fmt.Sprintf(`{"revision":%d,"checksum":"%s","source":"database","count":0,"extensions":[]}`, rev, bad))
+	chunk := nats.NewMsg(names.ChunkSubject(rev))
+	chunk.Data = doc
+	chunk.Header.Set(protocol.HeaderChunk, "0/1")
+	ack, err := js.PublishMsg(ctx, chunk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	man, err := json.Marshal(protocol.Manifest{Revision: rev, Checksum: bad, Source: protocol.SourceDatabase,
+		Size: len(doc), Sequences: []uint64{ack.Sequence}, CreatedAt: time.Now().UTC()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mm := nats.NewMsg(names.Manifest())
+	mm.Data = man
+	if _, err := js.PublishMsg(ctx, mm); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestReplacesABadManifest stores a manifest the syncer did not write: beyond the
+// database's last revision (replaced at once when the syncer next writes), and at the
+// very revision the syncer publishes next (replaced when it gets there, as its content
+// differs). New routers can bootstrap again in both cases.
+func TestReplacesABadManifest(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	r := b.start(t, nil)
+	b.waitConverged(t, 10*time.Second)
+	rev := b.exec(t, `INSERT INTO extensions (id, type, subject) VALUES ('a', 'pre', 'beamline.ext.pre.a.v1')`)
+	b.waitConverged(t, 10*time.Second)
+
+	b.publishBadManifest(t, rev+5)
+	b.exec(t, `UPDATE extensions SET timeout_ms = 300 WHERE id = 'a'`)
+	b.waitConverged(t, 10*time.Second)
+
+	next := b.dbRevision(t) + 1
+	b.publishBadManifest(t, next)
+	if got := b.exec(t, `UPDATE extensions SET timeout_ms = 400 WHERE id = 'a'`); got != next {
+		t.Fatalf("committed revision %d, want %d", got, next)
+	}
 	b.finalChecks(t)
 	r.stop(t)
 }
