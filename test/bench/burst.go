@@ -83,20 +83,16 @@ func hammer(ctx context.Context, conns []*pgx.Conn, variant string, ids []string
 }
 
 // sampleWaits samples the wait events of the bench-writer backends every 10 ms until
-// stop is closed, and returns the share of samples per event.
-func sampleWaits(ctx context.Context, conn *pgx.Conn, stop <-chan struct{}) map[string]float64 {
+// stop is closed, and returns the number of samples per event: "CPU" is active without
+// a wait event, "client" is idle (waiting for the benchmark's next statement).
+func sampleWaits(ctx context.Context, conn *pgx.Conn, stop <-chan struct{}) map[string]int {
 	counts := map[string]int{}
-	total := 0
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
 	for {
 		select {
 		case <-stop:
-			out := map[string]float64{}
-			for k, v := range counts {
-				out[k] = round1(100 * float64(v) / float64(max(total, 1)))
-			}
-			return out
+			return counts
 		case <-t.C:
 		}
 		rows, err := conn.Query(ctx, `SELECT CASE WHEN state = 'active' THEN coalesce(wait_event_type || ':' || wait_event, 'CPU')
@@ -108,7 +104,6 @@ func sampleWaits(ctx context.Context, conn *pgx.Conn, stop <-chan struct{}) map[
 			var w string
 			if rows.Scan(&w) == nil {
 				counts[w]++
-				total++
 			}
 		}
 		rows.Close()
@@ -140,43 +135,61 @@ func commitRate(ctx context.Context, e *env, url string, ids []string, writers i
 	if err != nil {
 		return nil, err
 	}
+	for _, c := range conns {
+		if _, err := c.Exec(ctx, `SET track_functions = 'all'`); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := admin.Exec(ctx, `SELECT pg_stat_reset()`); err != nil {
+		return nil, err
+	}
 	var seq atomic.Int64
 	seq.Store(1_000_000_000)
 	cr := &CommitRate{Writers: writers, Seconds: d.Seconds()}
-	for _, v := range []string{"registry", "bare", "bare+notify"} {
-		if v == "registry" {
-			for _, c := range conns {
-				if _, err := c.Exec(ctx, `SET track_functions = 'all'`); err != nil {
-					return nil, err
-				}
+	// The variants alternate in one-second slices, so that all see the same machine.
+	rounds := max(1, int(d/time.Second))
+	slice := d / time.Duration(rounds)
+	variants := []string{"registry", "bare", "bare+notify"}
+	commits := map[string]int64{}
+	waits := map[string]map[string]int{}
+	for range rounds {
+		for _, v := range variants {
+			stop := make(chan struct{})
+			done := make(chan map[string]int, 1)
+			go func() { done <- sampleWaits(ctx, admin, stop) }()
+			n, ne, _ := hammer(ctx, conns, v, ids, &seq, slice)
+			close(stop)
+			if waits[v] == nil {
+				waits[v] = map[string]int{}
 			}
-			if _, err := admin.Exec(ctx, `SELECT pg_stat_reset()`); err != nil {
-				return nil, err
+			for k, c := range <-done {
+				waits[v][k] += c
 			}
-		}
-		stop := make(chan struct{})
-		waits := make(chan map[string]float64, 1)
-		go func() { waits <- sampleWaits(ctx, admin, stop) }()
-		n, ne, _ := hammer(ctx, conns, v, ids, &seq, d)
-		close(stop)
-		w := <-waits
-		rate := round1(float64(n) / d.Seconds())
-		cr.Errors += ne
-		switch v {
-		case "registry":
-			cr.Registry, cr.RegistryWaits = rate, w
-			cr.TriggerMSPerCommit, err = triggerTimes(ctx, conns, admin, n)
-			if err != nil {
-				return nil, err
-			}
-		case "bare":
-			cr.Bare, cr.BareWaits = rate, w
-		default:
-			cr.BareNotify, cr.BareNotifyWaits = rate, w
+			commits[v] += n
+			cr.Errors += ne
 		}
 	}
+	rate := func(v string) float64 { return round1(float64(commits[v]) / d.Seconds()) }
+	cr.Registry, cr.Bare, cr.BareNotify = rate("registry"), rate("bare"), rate("bare+notify")
+	cr.RegistryWaits, cr.BareWaits, cr.BareNotifyWaits = shares(waits["registry"]), shares(waits["bare"]), shares(waits["bare+notify"])
 	cr.PercentOfBare = round1(100 * cr.Registry / cr.Bare)
+	if cr.TriggerMSPerCommit, err = triggerTimes(ctx, conns, admin, commits["registry"]); err != nil {
+		return nil, err
+	}
 	return cr, ctx.Err()
+}
+
+// shares turns sample counts into percentages.
+func shares(counts map[string]int) map[string]float64 {
+	total := 0
+	for _, c := range counts {
+		total += c
+	}
+	out := map[string]float64{}
+	for k, c := range counts {
+		out[k] = round1(100 * float64(c) / float64(max(total, 1)))
+	}
+	return out
 }
 
 // triggerTimes returns the time spent in each registry function per commit (self time,
@@ -234,6 +247,8 @@ type BurstResult struct {
 	WriteErrors        int           `json:"write_errors"`
 	BareCommitsPerS    float64       `json:"bare_commits_per_s"`
 	BareSeconds        float64       `json:"bare_seconds"`
+	BareBeforePerS     float64       `json:"bare_before_burst_commits_per_s"`
+	BareAfterPerS      float64       `json:"bare_after_burst_commits_per_s"`
 	PercentOfBare      float64       `json:"percent_of_bare"`
 	RevisionsCommitted int64         `json:"revisions_committed"`
 	RevisionsPublished int64         `json:"revisions_published"`
@@ -330,6 +345,9 @@ func runBurst(ctx context.Context, e *env, r *Results) error {
 	var seq atomic.Int64
 	res := &BurstResult{Writers: p.BurstWriters, Clients: p.BurstClients, Seconds: p.Burst.Seconds()}
 	r.Burst = res
+	// The bare table's rate is measured half before and half after the burst (same
+	// writers, same cluster, syncer idle), so that it brackets the machine's load.
+	bareBefore, _, _ := hammer(ctx, conns, "bare", reg.ids, &seq, p.Bare/2)
 	commits, errs, lastCommit := hammer(ctx, conns, "registry", reg.ids, &seq, p.Burst)
 	res.Commits, res.WriteErrors = commits, errs
 	res.CommitsPerS = round1(float64(commits) / p.Burst.Seconds())
@@ -375,9 +393,11 @@ func runBurst(ctx context.Context, e *env, r *Results) error {
 	}
 
 	// The same writers on the same table without triggers, same cluster, syncer idle.
-	n, _, _ := hammer(ctx, conns, "bare", reg.ids, &seq, p.Bare)
+	bareAfter, _, _ := hammer(ctx, conns, "bare", reg.ids, &seq, p.Bare/2)
 	res.BareSeconds = p.Bare.Seconds()
-	res.BareCommitsPerS = round1(float64(n) / p.Bare.Seconds())
+	res.BareCommitsPerS = round1(float64(bareBefore+bareAfter) / p.Bare.Seconds())
+	res.BareBeforePerS = round1(float64(bareBefore) / (p.Bare / 2).Seconds())
+	res.BareAfterPerS = round1(float64(bareAfter) / (p.Bare / 2).Seconds())
 	res.PercentOfBare = round1(100 * res.CommitsPerS / res.BareCommitsPerS)
 	e.logf("burst: bare table %.0f commits/s: registry reaches %.1f%% of bare", res.BareCommitsPerS, res.PercentOfBare)
 

@@ -55,36 +55,56 @@ type FloorResult struct {
 	Rates       []FloorRate `json:"rates"`
 }
 
-func runFloor(ctx context.Context, e *env, r *Results) error {
+// floorRig is the raw relay, set up once and measured in passes.
+type floorRig struct {
+	n           int
+	writerConns int
+	cur         atomic.Pointer[stamps]
+	withJS      atomic.Bool
+	relayErr    atomic.Pointer[error]
+	stopRelay   func()
+	relayExited chan struct{}
+	writers     []*pgx.Conn
+	next        int64
+}
+
+func (f *floorRig) close() {
+	f.stopRelay()
+	<-f.relayExited
+}
+
+func setupFloor(ctx context.Context, e *env) (*floorRig, error) {
 	p := e.opts.plan
 	n := p.Registry
+	f := &floorRig{n: n, writerConns: p.WriterConns, next: 1, stopRelay: func() {}, relayExited: make(chan struct{})}
+	close(f.relayExited)
 	url, err := createSchema(ctx, e.pg, "bench_floor", false)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	admin, err := e.connectPG(ctx, url)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	// A row about the size of an extension's.
 	if _, err := admin.Exec(ctx, `CREATE TABLE floor_t (id integer PRIMARY KEY, seq bigint NOT NULL DEFAULT 0, payload text NOT NULL)`); err != nil {
-		return err
+		return nil, err
 	}
 	if _, err := admin.Exec(ctx, `INSERT INTO floor_t (id, payload)
 		SELECT i, '{"id":"ext.' || lpad(i::text, 6, '0') || '","type":"pre","subject":"ext.pre.' || lpad(i::text, 6, '0') ||
 		'.v1","timeout_ms":100,"retry":0,"enabled":true,"version":"v1","config":{"mode":"strict"},"metadata":{}}'
 		FROM generate_series(0, $1 - 1) i`, n); err != nil {
-		return err
+		return nil, err
 	}
 	if _, err := admin.Exec(ctx, `VACUUM ANALYZE floor_t`); err != nil {
-		return err
+		return nil, err
 	}
 
-	var cur atomic.Pointer[stamps]
+	cur := &f.cur
 	// Subscriber.
 	ncSub, err := e.connectNATS("bench-floor-sub")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	const subject = "bench.floor.relay"
 	if _, err := ncSub.Subscribe(subject, func(m *nats.Msg) {
@@ -94,37 +114,37 @@ func runFloor(ctx context.Context, e *env, r *Results) error {
 			cur.Load().set(stRecv, seq, t)
 		}
 	}); err != nil {
-		return err
+		return nil, err
 	}
 	if err := ncSub.Flush(); err != nil {
-		return err
+		return nil, err
 	}
 	// Relay: LISTEN -> SELECT by primary key -> core publish.
 	ncPub, err := e.connectNATS("bench-floor-pub")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	lconn, err := e.connectPG(ctx, url)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if _, err := lconn.Exec(ctx, `LISTEN bench_floor`); err != nil {
-		return err
+		return nil, err
 	}
 	// JetStream: a stream like the product's delta stream (file storage, duplicate
 	// window, direct gets), for the second pass.
 	js, err := jetstream.New(ncPub)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: "BENCH_FLOOR_JS", Subjects: []string{"bench.floorjs.>"},
 		Storage: jetstream.FileStorage, Retention: jetstream.LimitsPolicy, Duplicates: 2 * time.Minute, AllowDirect: true}); err != nil {
-		return err
+		return nil, err
 	}
-	var withJS atomic.Bool
-	rctx, stopRelay := context.WithCancel(ctx)
-	var relayErr atomic.Pointer[error]
+	withJS, relayErr := &f.withJS, &f.relayErr
+	rctx, stopRelay := context.WithCancel(context.WithoutCancel(ctx))
 	relayExited := make(chan struct{})
+	f.stopRelay, f.relayExited = stopRelay, relayExited
 	go func() {
 		defer close(relayExited)
 		var buf []byte
@@ -170,60 +190,76 @@ func runFloor(ctx context.Context, e *env, r *Results) error {
 			}
 		}
 	}()
-	defer func() {
-		stopRelay()
-		<-relayExited
-	}()
-
-	writers, err := e.connectPGs(ctx, url, p.WriterConns)
+	f.writers, err = e.connectPGs(ctx, url, p.WriterConns)
 	if err != nil {
-		return err
+		f.close()
+		return nil, err
 	}
+	return f, nil
+}
+
+// floorPass is a rig view of the floor: raw, or with the JetStream store.
+type floorPass struct {
+	f  *floorRig
+	js bool
+}
+
+func (f *floorRig) raw() rig           { return floorPass{f, false} }
+func (f *floorRig) withJetStream() rig { return floorPass{f, true} }
+
+func (fp floorPass) name() string {
+	if fp.js {
+		return "floor+JetStream"
+	}
+	return "floor"
+}
+
+func (fp floorPass) pass(ctx context.Context, rate float64, warm, meas int) (passResult, error) {
+	f := fp.f
+	n := f.n
 	write := func(ctx context.Context, conn *pgx.Conn, seq int64) error {
 		_, err := conn.Exec(ctx, `WITH u AS (UPDATE floor_t SET seq = $1 WHERE id = $2 RETURNING id, seq)
 			SELECT pg_notify('bench_floor', u.id || ':' || u.seq) FROM u`, seq, seq%int64(n))
 		return err
 	}
-	res := &FloorResult{Rows: n, WriterConns: p.WriterConns}
-	r.Floor = res
-	next := int64(1)
-	for i, rate := range p.Rates {
-		fr := FloorRate{}
-		for _, js := range []bool{false, true} {
-			withJS.Store(js)
-			warm := int(rate * p.Warmup.Seconds())
-			meas := int(rate * p.Durations[i].Seconds())
-			st := newStamps(next, warm+meas, numStages)
-			cur.Store(st)
-			pace := paced(ctx, writers, rate, next, warm+meas, write, func(seq, t int64) { st.set(stCommit, seq, t) })
-			from, to := next+int64(warm), next+int64(pace.Writes)
-			waitUntil(ctx, 10*time.Second, func() bool { return st.complete(stCommit, stRecv, from, to) })
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			if err := relayErr.Load(); err != nil {
-				return fmt.Errorf("relay: %w", *err)
-			}
-			next = to
-			e2e, missing := st.diffs(stCommit, stRecv, from, to)
-			pub, _ := st.diffs(stPublish, stRecv, from, to)
-			if js {
-				fr.WithJetStream, fr.JSEndToEnd, fr.JSMissing, fr.JSPublishToReceive = pace, summarize(e2e), missing, summarize(pub)
-				d, _ := st.diffs(stSelect, stJSAck, from, to)
-				fr.JetStreamAck = summarize(d)
-				continue
-			}
-			fr.Pace, fr.EndToEnd, fr.Missing, fr.PublishToReceive = pace, summarize(e2e), missing, summarize(pub)
-			d, _ := st.diffs(stCommit, stNotify, from, to)
-			fr.CommitToNotify = summarize(d)
-			d, _ = st.diffs(stNotify, stSelect, from, to)
-			fr.NotifyToSelected = summarize(d)
-		}
-		res.Rates = append(res.Rates, fr)
-		e.logf("floor %5.0f/s: commit->subscriber p50 %.3f ms p99 %.3f ms (commit->notify p50 %.3f, core publish->receive p50 %.3f); with a JetStream store: p50 %.3f p99 %.3f (ack p50 %.3f)",
-			rate, fr.EndToEnd.P50, fr.EndToEnd.P99, fr.CommitToNotify.P50, fr.PublishToReceive.P50, fr.JSEndToEnd.P50, fr.JSEndToEnd.P99, fr.JetStreamAck.P50)
+	f.withJS.Store(fp.js)
+	st := newStamps(f.next, warm+meas, numStages)
+	f.cur.Store(st)
+	pace := paced(ctx, f.writers, rate, f.next, warm+meas, write, func(seq, t int64) { st.set(stCommit, seq, t) })
+	from, to := f.next+int64(warm), f.next+int64(pace.Writes)
+	f.next += int64(warm + meas)
+	waitUntil(ctx, 10*time.Second, func() bool { return st.complete(stCommit, stRecv, from, to) })
+	if err := ctx.Err(); err != nil {
+		return passResult{}, err
 	}
-	return nil
+	if err := f.relayErr.Load(); err != nil {
+		return passResult{}, fmt.Errorf("relay: %w", *err)
+	}
+	out := passResult{pace: pace, samples: map[string][]int64{}}
+	out.samples["e2e"], out.missing = st.diffs(stCommit, stRecv, from, to)
+	out.samples["publish"], _ = st.diffs(stPublish, stRecv, from, to)
+	if fp.js {
+		out.samples["ack"], _ = st.diffs(stSelect, stJSAck, from, to)
+	} else {
+		out.samples["notify"], _ = st.diffs(stCommit, stNotify, from, to)
+		out.samples["select"], _ = st.diffs(stNotify, stSelect, from, to)
+	}
+	return out, nil
+}
+
+// result builds the floor's figures from the merged passes of each rate.
+func (f *floorRig) result(raw, js []passResult) *FloorResult {
+	res := &FloorResult{Rows: f.n, WriterConns: f.writerConns}
+	for i := range raw {
+		a, b := raw[i], js[i]
+		res.Rates = append(res.Rates, FloorRate{
+			Pace: a.pace, EndToEnd: summarize(a.samples["e2e"]), CommitToNotify: summarize(a.samples["notify"]),
+			NotifyToSelected: summarize(a.samples["select"]), PublishToReceive: summarize(a.samples["publish"]), Missing: a.missing,
+			WithJetStream: b.pace, JSEndToEnd: summarize(b.samples["e2e"]), JetStreamAck: summarize(b.samples["ack"]),
+			JSPublishToReceive: summarize(b.samples["publish"]), JSMissing: b.missing,
+		})
+	}
+	return res
 }
 
 func stringsCut(s string, sep byte) (string, string, bool) {

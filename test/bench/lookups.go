@@ -93,7 +93,7 @@ func runLookups(ctx context.Context, e *env, r *Results) error {
 		op   func(n, offset int)
 	}{{"Lookup", lookup}, {"ByType", byType}} {
 		for _, g := range []int{1, 2} {
-			lb := measure(b.op, g, e.opts.short)
+			lb := benchOp(b.op, g, e.opts.short)
 			lb.Name = b.name
 			lb.NsPerCall = math.Round(lb.NsPerOp*float64(g)*10) / 10
 			res.Benches = append(res.Benches, lb)
@@ -106,9 +106,9 @@ func runLookups(ctx context.Context, e *env, r *Results) error {
 	return nil
 }
 
-// measure runs op split over g goroutines: ns/op is wall time over all operations (as
+// benchOp runs op split over g goroutines: ns/op is wall time over all operations (as
 // b.RunParallel reports it). The full run uses testing.Benchmark; -short a fixed count.
-func measure(op func(n, offset int), g int, short bool) LookupBench {
+func benchOp(op func(n, offset int), g int, short bool) LookupBench {
 	parallel := func(n int) {
 		var wg sync.WaitGroup
 		for w := range g {

@@ -266,8 +266,13 @@ func run(ctx context.Context, o *options) (*Results, error) {
 	}
 	res.Machine = machineFacts(ctx, e)
 	var errs []error
-	for _, s := range sections {
-		if !o.selected(s.name) {
+	list := sections
+	if o.selected("floor") && o.selected("product") {
+		// Together, alternating at every rate, so that both see the same machine.
+		list = append([]section{{"floor+product", runPropagation}}, sections[2:]...)
+	}
+	for _, s := range list {
+		if s.name != "floor+product" && !o.selected(s.name) {
 			continue
 		}
 		if ctx.Err() != nil {

@@ -41,13 +41,28 @@ type ProductResult struct {
 // {"seq": N}, in its own transaction (one revision).
 const updateSeq = `UPDATE extensions SET metadata = jsonb_build_object('seq', $1::bigint) WHERE id = $2`
 
-func runProduct(ctx context.Context, e *env, r *Results) error {
+// productRig is the product under measurement: a registry with the real syncer, a
+// router client, and a plain subscriber on the live subject for the stage split.
+type productRig struct {
+	e       *env
+	reg     *registry
+	client  *clientT
+	writers []*pgx.Conn
+	cur     atomic.Pointer[stamps]
+	liveMu  sync.Mutex
+	liveAt  map[int64]int64
+	next    int64
+}
+
+func setupProduct(ctx context.Context, e *env) (*productRig, error) {
 	p := e.opts.plan
+	pr := &productRig{e: e, liveAt: map[int64]int64{}, next: 1}
 	reg, err := e.newRegistry(ctx, "product", p.Registry)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	var cur atomic.Pointer[stamps]
+	pr.reg = reg
+	cur := &pr.cur
 	onChange := func(_, next *cache.Snapshot, changed []string) {
 		t := now()
 		st := cur.Load()
@@ -62,20 +77,20 @@ func runProduct(ctx context.Context, e *env, r *Results) error {
 	}
 	ncClient, err := e.connectNATS("bench-product-client")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	c, err := startClient(ctx, ncClient, reg.prefix, onChange)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	e.onClose(c.Stop)
+	pr.client = c
 
 	// The announcement of each revision on the live subject.
-	var liveMu sync.Mutex
-	liveAt := map[int64]int64{}
+	liveMu, liveAt := &pr.liveMu, pr.liveAt
 	ncLive, err := e.connectNATS("bench-product-live")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if _, err := ncLive.Subscribe(reg.names.Live(), func(m *nats.Msg) {
 		t := now()
@@ -85,17 +100,23 @@ func runProduct(ctx context.Context, e *env, r *Results) error {
 			liveMu.Unlock()
 		}
 	}); err != nil {
-		return err
+		return nil, err
 	}
 	if err := ncLive.Flush(); err != nil {
-		return err
+		return nil, err
 	}
 
-	writers, err := e.connectPGs(ctx, reg.url, p.WriterConns)
+	pr.writers, err = e.connectPGs(ctx, reg.url, p.WriterConns)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	ids := reg.ids
+	return pr, nil
+}
+
+func (pr *productRig) name() string { return "product" }
+
+func (pr *productRig) pass(ctx context.Context, rate float64, warm, meas int) (passResult, error) {
+	ids := pr.reg.ids
 	write := func(ctx context.Context, conn *pgx.Conn, seq int64) error {
 		tag, err := conn.Exec(ctx, updateSeq, seq, ids[seq%int64(len(ids))])
 		if err == nil && tag.RowsAffected() != 1 {
@@ -103,46 +124,49 @@ func runProduct(ctx context.Context, e *env, r *Results) error {
 		}
 		return err
 	}
-	res := &ProductResult{Registry: p.Registry, WriterConns: p.WriterConns}
-	r.Product = res
-	next := int64(1)
-	for i, rate := range p.Rates {
-		warm := int(rate * p.Warmup.Seconds())
-		meas := int(rate * p.Durations[i].Seconds())
-		st := newStamps(next, warm+meas, numStages)
-		cur.Store(st)
-		pace := paced(ctx, writers, rate, next, warm+meas, write, func(seq, t int64) { st.set(stCommit, seq, t) })
-		from, to := next+int64(warm), next+int64(pace.Writes)
-		waitUntil(ctx, 30*time.Second, func() bool { return st.complete(stCommit, stRecv, from, to) })
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		pr := ProductRate{Pace: pace}
-		e2e, missing := st.diffs(stCommit, stRecv, from, to)
-		pr.EndToEnd, pr.Missing = summarize(e2e), missing
-		var toLive, fromLive []int64
-		liveMu.Lock()
-		for seq := from; seq < to; seq++ {
-			tc, tr, rev := st.get(stCommit, seq), st.get(stRecv, seq), st.get(stRev, seq)
-			tl, ok := liveAt[rev]
-			if tc == 0 || tr == 0 || !ok {
-				continue
-			}
-			toLive = append(toLive, tl-tc)
-			fromLive = append(fromLive, tr-tl)
-		}
-		liveMu.Unlock()
-		pr.CommitToAnnounced, pr.AnnouncedToApplied = summarize(toLive), summarize(fromLive)
-		res.Rates = append(res.Rates, pr)
-		next = to
-		e.logf("product %5.0f/s: commit->OnChange p50 %.3f ms p90 %.3f p99 %.3f max %.3f (commit->announced p50 %.3f, announced->applied p50 %.3f), achieved %.1f/s, missing %d",
-			rate, pr.EndToEnd.P50, pr.EndToEnd.P90, pr.EndToEnd.P99, pr.EndToEnd.Max, pr.CommitToAnnounced.P50, pr.AnnouncedToApplied.P50, pace.Achieved, missing)
+	st := newStamps(pr.next, warm+meas, numStages)
+	pr.cur.Store(st)
+	pace := paced(ctx, pr.writers, rate, pr.next, warm+meas, write, func(seq, t int64) { st.set(stCommit, seq, t) })
+	from, to := pr.next+int64(warm), pr.next+int64(pace.Writes)
+	pr.next += int64(warm + meas)
+	waitUntil(ctx, 30*time.Second, func() bool { return st.complete(stCommit, stRecv, from, to) })
+	if err := ctx.Err(); err != nil {
+		return passResult{}, err
 	}
-	check, err := e.connectPG(ctx, reg.url)
+	out := passResult{pace: pace, samples: map[string][]int64{}}
+	out.samples["e2e"], out.missing = st.diffs(stCommit, stRecv, from, to)
+	pr.liveMu.Lock()
+	for seq := from; seq < to; seq++ {
+		tc, tr, rev := st.get(stCommit, seq), st.get(stRecv, seq), st.get(stRev, seq)
+		tl, ok := pr.liveAt[rev]
+		if tc == 0 || tr == 0 || !ok {
+			continue
+		}
+		out.samples["announced"] = append(out.samples["announced"], tl-tc)
+		out.samples["applied"] = append(out.samples["applied"], tr-tl)
+	}
+	clear(pr.liveAt)
+	pr.liveMu.Unlock()
+	return out, nil
+}
+
+func (pr *productRig) result(passes []passResult) *ProductResult {
+	p := pr.e.opts.plan
+	res := &ProductResult{Registry: p.Registry, WriterConns: p.WriterConns}
+	for _, x := range passes {
+		res.Rates = append(res.Rates, ProductRate{Pace: x.pace, EndToEnd: summarize(x.samples["e2e"]),
+			CommitToAnnounced: summarize(x.samples["announced"]), AnnouncedToApplied: summarize(x.samples["applied"]), Missing: x.missing})
+	}
+	return res
+}
+
+// verify checks that the client holds the database's content.
+func (pr *productRig) verify(ctx context.Context, res *ProductResult) error {
+	check, err := pr.e.connectPG(ctx, pr.reg.url)
 	if err != nil {
 		return err
 	}
-	rev, _, ok, err := verifyClients(ctx, check, []*clientT{c}, 30*time.Second)
+	rev, _, ok, err := verifyClients(ctx, check, []*clientT{pr.client}, 30*time.Second)
 	if err != nil {
 		return err
 	}

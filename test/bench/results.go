@@ -328,7 +328,8 @@ func printSummary(w io.Writer, r *Results) {
 		row("figure", "value")
 		sep(2)
 		row("registry commits/s (fsync on, syncer + clients running)", fmt.Sprintf("%.0f", b.CommitsPerS))
-		row(fmt.Sprintf("bare table commits/s (fsync on, same cluster, syncer idle, %g s)", b.BareSeconds), fmt.Sprintf("%.0f", b.BareCommitsPerS))
+		row(fmt.Sprintf("bare table commits/s (fsync on, same cluster, syncer idle, %g s: half before, half after the burst)", b.BareSeconds),
+			fmt.Sprintf("%.0f (%.0f before, %.0f after)", b.BareCommitsPerS, b.BareBeforePerS, b.BareAfterPerS))
 		row("registry ÷ bare (ratio)", fmt.Sprintf("%.1f%%", b.PercentOfBare))
 		for _, c := range []struct {
 			name string
@@ -337,7 +338,7 @@ func printSummary(w io.Writer, r *Results) {
 			if c.cr == nil {
 				continue
 			}
-			row(fmt.Sprintf("%s, %g s each: registry / bare / bare+NOTIFY", c.name, c.cr.Seconds),
+			row(fmt.Sprintf("%s, %g s each in alternating 1 s slices: registry / bare / bare+NOTIFY", c.name, c.cr.Seconds),
 				fmt.Sprintf("%.0f / %.0f / %.0f commits/s (registry %.1f%% of bare)", c.cr.Registry, c.cr.Bare, c.cr.BareNotify, c.cr.PercentOfBare))
 			row("  registry writers' backends (wait events)", topWaits(c.cr.RegistryWaits))
 			row("  bare writers' backends", topWaits(c.cr.BareWaits))

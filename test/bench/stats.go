@@ -123,6 +123,7 @@ type paceResult struct {
 	Writes   int     `json:"writes"`
 	Errors   int     `json:"errors"`
 	Late     int     `json:"late_dispatches"` // writes dispatched >1 ms after their slot: every writer was busy
+	ElapsedS float64 `json:"elapsed_s"`
 }
 
 // paced issues count writes at rate per second, seq first..first+count-1, on a pool of
@@ -164,7 +165,8 @@ func paced(ctx context.Context, conns []*pgx.Conn, rate float64, first int64, co
 	}
 	close(jobs)
 	wg.Wait()
-	res.Achieved = math.Round(float64(res.Writes)/time.Since(start).Seconds()*10) / 10
+	res.ElapsedS = time.Since(start).Seconds()
+	res.Achieved = math.Round(float64(res.Writes)/res.ElapsedS*10) / 10
 	res.Errors = int(errs.Load())
 	return res
 }
