@@ -28,49 +28,58 @@ type querier interface {
 }
 
 // readRevisions returns up to limit committed revisions after `after` (and not above
-// upTo when upTo > 0), each with its changes in commit order.
-func readRevisions(ctx context.Context, q querier, after, upTo int64, limit int) ([]revision, error) {
+// upTo when upTo > 0), each with its changes in commit order, together with the revision
+// counter read in the same statement (so in the same snapshot): one round trip tells both
+// what to publish and whether that is everything committed so far.
+func readRevisions(ctx context.Context, q querier, after, upTo int64, limit int) ([]revision, int64, error) {
 	if upTo <= 0 {
 		upTo = 1<<63 - 1
 	}
 	rows, err := q.Query(ctx, `
-		SELECT r.revision, r.committed_at, a.entity, a.extension_id, coalesce(a.entity_key, ''), a.action, a.new_values
-		FROM (SELECT revision, xid, committed_at FROM registry_revisions
-		      WHERE revision > $1 AND revision <= $2 ORDER BY revision LIMIT $3) r
+		SELECT c.revision, r.revision, r.committed_at, a.entity, a.extension_id, coalesce(a.entity_key, ''), a.action, a.new_values
+		FROM registry_counter c
+		LEFT JOIN LATERAL (SELECT revision, xid, committed_at FROM registry_revisions
+		      WHERE revision > $1 AND revision <= $2 ORDER BY revision LIMIT $3) r ON true
 		LEFT JOIN extension_audit_log a ON a.xid = r.xid
 		ORDER BY r.revision, a.seq`, after, upTo, limit)
 	if err != nil {
-		return nil, fmt.Errorf("read change log after revision %d: %w", after, err)
+		return nil, 0, fmt.Errorf("read change log after revision %d: %w", after, err)
 	}
 	defer rows.Close()
-	var out []revision
+	var (
+		out     []revision
+		counter int64
+	)
 	for rows.Next() {
 		var (
-			rev                     int64
-			at                      time.Time
+			rev                     *int64
+			at                      *time.Time
 			entity, id, key, action *string
 			newValues               []byte
 		)
-		if err := rows.Scan(&rev, &at, &entity, &id, &key, &action, &newValues); err != nil {
-			return nil, fmt.Errorf("read change log: %w", err)
+		if err := rows.Scan(&counter, &rev, &at, &entity, &id, &key, &action, &newValues); err != nil {
+			return nil, 0, fmt.Errorf("read change log: %w", err)
 		}
-		if len(out) == 0 || out[len(out)-1].Revision != rev {
-			out = append(out, revision{Revision: rev, CommittedAt: at})
+		if rev == nil { // nothing after `after`: the one row carries the counter only
+			continue
+		}
+		if len(out) == 0 || out[len(out)-1].Revision != *rev {
+			out = append(out, revision{Revision: *rev, CommittedAt: *at})
 		}
 		if entity == nil { // a revision without changes (registry_sync of nothing)
 			continue
 		}
 		ch, err := toChange(*entity, *id, *key, *action, newValues)
 		if err != nil {
-			return nil, fmt.Errorf("change log revision %d: %w", rev, err)
+			return nil, 0, fmt.Errorf("change log revision %d: %w", *rev, err)
 		}
 		cur := &out[len(out)-1]
 		cur.Changes = append(cur.Changes, ch)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read change log: %w", err)
+		return nil, 0, fmt.Errorf("read change log: %w", err)
 	}
-	return out, nil
+	return out, counter, nil
 }
 
 // toChange turns one change-log row into a protocol change, re-encoding the row to the

@@ -310,44 +310,40 @@ func (s *Syncer) catchUpFor(ctx context.Context, pool *pgxpool.Pool, budget time
 }
 
 func (s *Syncer) catchUpUntil(ctx context.Context, pool *pgxpool.Pool, upTo int64, deadline time.Time) (more bool, err error) {
-	if upTo <= 0 {
-		rev, err := counter(ctx, pool)
-		s.metrics.DatabaseUp.Set(boolGauge(err == nil))
-		if err != nil {
-			return false, err
-		}
-		upTo = rev
-	}
+	// upTo <= 0: everything committed when this round started. The bound comes from the
+	// counter read in the same statement as the first batch (one round trip per wake-up).
+	bounded := upTo > 0
 	for {
-		var revs []revision
-		if s.cursor < upTo {
+		var (
+			revs  []revision
+			dbRev int64 = -1
+		)
+		if !bounded || s.cursor < upTo {
 			if s.pendingAfter == s.cursor && len(s.pending) > 0 {
 				// The rest of the batch read by the previous round (the change log below
 				// the counter never changes).
 				revs, s.pending = s.pending, nil
-				for len(revs) > 0 && revs[len(revs)-1].Revision > upTo {
+				for bounded && len(revs) > 0 && revs[len(revs)-1].Revision > upTo {
 					revs = revs[:len(revs)-1]
 				}
 			} else {
-				revs, err = readRevisions(ctx, pool, s.cursor, upTo, s.cfg.Batch)
+				revs, dbRev, err = readRevisions(ctx, pool, s.cursor, upTo, s.cfg.Batch)
 				s.metrics.DatabaseUp.Set(boolGauge(err == nil))
 				if err != nil {
 					return false, err
 				}
+				if !bounded {
+					upTo, bounded = dbRev, true
+				}
 			}
 		}
 		if len(revs) == 0 {
-			dbRev, err := counter(ctx, pool)
-			if err != nil {
-				return false, err
-			}
-			s.metrics.DatabaseRevision.Set(float64(dbRev))
-			s.update(func(st *Status) {
-				st.DatabaseRevision, st.CaughtUp = dbRev, s.cursor >= dbRev
-				if st.CaughtUp {
-					st.Error = ""
+			if dbRev < 0 {
+				if dbRev, err = counter(ctx, pool); err != nil {
+					return false, err
 				}
-			})
+			}
+			s.caughtUpTo(dbRev)
 			return false, nil
 		}
 		s.update(func(st *Status) { st.CaughtUp = false })
@@ -360,7 +356,22 @@ func (s *Syncer) catchUpUntil(ctx context.Context, pool *pgxpool.Pool, upTo int6
 				return false, err
 			}
 		}
+		if dbRev >= 0 && len(revs) < s.cfg.Batch && s.cursor >= dbRev {
+			// Everything committed as of that read is published; a later commit notifies.
+			s.caughtUpTo(dbRev)
+			return false, nil
+		}
 	}
+}
+
+func (s *Syncer) caughtUpTo(dbRev int64) {
+	s.metrics.DatabaseRevision.Set(float64(dbRev))
+	s.update(func(st *Status) {
+		st.DatabaseRevision, st.CaughtUp = dbRev, s.cursor >= dbRev
+		if st.CaughtUp {
+			st.Error = ""
+		}
+	})
 }
 
 func (s *Syncer) publishRevision(ctx context.Context, r revision) error {
@@ -510,7 +521,7 @@ func (s *Syncer) syncToDB(ctx context.Context, pool *pgxpool.Pool, base *cache.S
 		// hostage to NATS); catchUp publishes them after the commit.
 		base = s.snap
 		for after := s.cursor; after < locked; {
-			revs, err := readRevisions(ctx, tx, after, locked, s.cfg.Batch)
+			revs, _, err := readRevisions(ctx, tx, after, locked, s.cfg.Batch)
 			if err != nil {
 				return 0, fmt.Errorf("sync: %w", err)
 			}
