@@ -150,6 +150,9 @@ func (p *Publisher) EnsureStreams(ctx context.Context) error {
 	return nil
 }
 
+// MaxDelta is the largest delta payload PublishDelta accepts on this connection.
+func (p *Publisher) MaxDelta() int { return p.maxMessage() }
+
 func (p *Publisher) maxMessage() int {
 	mp := int(p.nc.MaxPayload())
 	if mp <= 0 { // not connected yet: the server default

@@ -395,6 +395,15 @@ func (s *Syncer) publishRevision(ctx context.Context, r revision) error {
 // published state. A delta too large for one message becomes a snapshot write followed
 // by a resync delta.
 func (s *Syncer) publishDelta(ctx context.Context, d *protocol.Delta, next *cache.Snapshot) error {
+	if estimateDelta(d) > s.pub.MaxDelta() {
+		// Certainly too large for one message (a bulk import): do not encode it only to
+		// find that out; go straight to the snapshot and a resync delta.
+		if err := s.writeSnapshot(ctx, next); err != nil {
+			return err
+		}
+		d = &protocol.Delta{Revision: d.Revision, PrevRevision: d.PrevRevision, Checksum: d.Checksum,
+			Count: d.Count, Source: d.Source, CommittedAt: d.CommittedAt, Resync: true, Changes: []cache.Change{}}
+	}
 	data, err := publisher.EncodeDelta(d)
 	if err != nil {
 		return err
@@ -448,6 +457,16 @@ func (s *Syncer) publishDelta(ctx context.Context, d *protocol.Delta, next *cach
 	s.metrics.Revisions.Inc()
 	s.setPublished(next, s.cursor)
 	return nil
+}
+
+// estimateDelta is a lower bound of d's encoded size.
+func estimateDelta(d *protocol.Delta) int {
+	n := 256
+	for i := range d.Changes {
+		c := &d.Changes[i]
+		n += 40 + len(c.ID) + len(c.Key) + len(c.Value)
+	}
+	return n
 }
 
 // reconcile compares a consistent full read of the database with the published state and
