@@ -401,8 +401,7 @@ func (s *Syncer) publishDelta(ctx context.Context, d *protocol.Delta, next *cach
 		if err := s.writeSnapshot(ctx, next); err != nil {
 			return err
 		}
-		d = &protocol.Delta{Revision: d.Revision, PrevRevision: d.PrevRevision, Checksum: d.Checksum,
-			Count: d.Count, Source: d.Source, CommittedAt: d.CommittedAt, Resync: true, Changes: []cache.Change{}}
+		d = resyncOf(d)
 	}
 	data, err := publisher.EncodeDelta(d)
 	if err != nil {
@@ -414,8 +413,7 @@ func (s *Syncer) publishDelta(ctx context.Context, d *protocol.Delta, next *cach
 		stored, err = s.pub.StoreDelta(ctx, d, data)
 		if errors.Is(err, publisher.ErrTooLarge) {
 			if err = s.writeSnapshot(ctx, next); err == nil {
-				d = &protocol.Delta{Revision: d.Revision, PrevRevision: d.PrevRevision, Checksum: d.Checksum,
-					Count: d.Count, Source: d.Source, CommittedAt: d.CommittedAt, Resync: true, Changes: []cache.Change{}}
+				d = resyncOf(d)
 				if data, err = publisher.EncodeDelta(d); err == nil {
 					stored, err = s.pub.StoreDelta(ctx, d, data)
 				}
@@ -457,6 +455,13 @@ func (s *Syncer) publishDelta(ctx context.Context, d *protocol.Delta, next *cach
 	s.metrics.Revisions.Inc()
 	s.setPublished(next, s.cursor)
 	return nil
+}
+
+// resyncOf is d without its changes, telling routers to read the snapshot instead.
+func resyncOf(d *protocol.Delta) *protocol.Delta {
+	r := *d
+	r.Resync, r.Changes = true, []cache.Change{}
+	return &r
 }
 
 // estimateDelta is a lower bound of d's encoded size.
