@@ -88,6 +88,7 @@ type Listener struct {
 
 	mu        sync.Mutex
 	listening bool
+	stopped   bool
 	reconnect int64
 	notified  int64
 	cancel    context.CancelFunc
@@ -116,11 +117,15 @@ func (l *Listener) signal() {
 	}
 }
 
-// Listening reports whether LISTEN is currently confirmed (always true when disabled).
+// Listening reports whether LISTEN is currently confirmed (when disabled: whether the
+// listener runs).
 func (l *Listener) Listening() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.listening || l.cfg.Disabled
+	if l.cfg.Disabled {
+		return l.done != nil && !l.stopped
+	}
+	return l.listening
 }
 
 // Stats returns the number of reconnects and notifications so far.
@@ -156,6 +161,9 @@ func (l *Listener) Stop() {
 	}
 	cancel()
 	<-done
+	l.mu.Lock()
+	l.stopped = true
+	l.mu.Unlock()
 }
 
 func (l *Listener) setListening(v bool) {
