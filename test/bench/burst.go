@@ -373,11 +373,17 @@ func runBurst(ctx context.Context, e *env, r *Results) error {
 	}
 	e.logf("burst: %d commits in %s (%.0f/s) by %d writers; last client caught up %.1f ms after the last commit",
 		commits, p.Burst, res.CommitsPerS, p.BurstWriters, res.CatchUpMS)
-	// Let the snapshot writer and heartbeat settle before reading the counters.
-	time.Sleep(1500 * time.Millisecond)
-	after, err := reg.syncer.metrics(ctx)
-	if err != nil {
-		return err
+	// Read the counters once the syncer has published the final revision and its
+	// coalesced snapshot writer has written it (so the last write is counted).
+	var after map[string]float64
+	var merr error
+	waitUntil(ctx, time.Minute, func() bool {
+		after, merr = reg.syncer.metrics(ctx)
+		return merr == nil && int64(after["registry_syncer_last_published_revision"]) >= final &&
+			int64(after["registry_syncer_snapshot_revision"]) >= final
+	})
+	if merr != nil {
+		return merr
 	}
 	res.RevisionsPublished = int64(after["registry_syncer_revisions_published_total"] - before["registry_syncer_revisions_published_total"])
 	res.SnapshotWrites = int64(after["registry_syncer_snapshot_writes_total"] - before["registry_syncer_snapshot_writes_total"])

@@ -9,14 +9,6 @@ import (
 // OpenPostgres starts a cluster that lives in dir and survives Stop: the first call runs
 // initdb, later calls reuse the data. `syncer dev` uses it. Stop it with Shutdown.
 func OpenPostgres(dir string, port int, opts PGOptions) (*Postgres, error) {
-	bin, err := PGBinDir()
-	if err != nil {
-		return nil, err
-	}
-	cred, err := credential()
-	if err != nil {
-		return nil, err
-	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, err
@@ -24,12 +16,11 @@ func OpenPostgres(dir string, port int, opts PGOptions) (*Postgres, error) {
 	if err := os.MkdirAll(abs, 0o755); err != nil {
 		return nil, fmt.Errorf("create %s: %w", abs, err)
 	}
-	p := &Postgres{Dir: abs, Port: port, bin: bin, cred: cred, opts: opts}
-	if cred != nil {
-		if err := os.Chown(abs, int(cred.Uid), int(cred.Gid)); err != nil {
-			return nil, err
-		}
+	p, err := newPostgres(abs, opts)
+	if err != nil {
+		return nil, err
 	}
+	p.Port = port
 	if _, err := os.Stat(filepath.Join(p.dataDir(), "PG_VERSION")); os.IsNotExist(err) {
 		if err := p.initdb(); err != nil {
 			return nil, err

@@ -133,6 +133,31 @@ func credential() (*syscall.Credential, error) {
 // StartPostgres runs initdb into a new directory and starts the server on a free loopback
 // port. Call Stop when done (TestMain: after m.Run).
 func StartPostgres(opts PGOptions) (*Postgres, error) {
+	dir, err := processDir("pg")
+	if err != nil {
+		return nil, fmt.Errorf("create cluster directory: %w", err)
+	}
+	p, err := newPostgres(dir, opts)
+	if err == nil {
+		err = p.initdb()
+	}
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, err
+	}
+	if p.Port, err = freePort(); err != nil {
+		return nil, err
+	}
+	if err := p.Start(); err != nil {
+		p.Stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+// newPostgres describes a cluster rooted at dir (which must exist), owned by the user the
+// server will run as.
+func newPostgres(dir string, opts PGOptions) (*Postgres, error) {
 	bin, err := PGBinDir()
 	if err != nil {
 		return nil, err
@@ -141,30 +166,12 @@ func StartPostgres(opts PGOptions) (*Postgres, error) {
 	if err != nil {
 		return nil, err
 	}
-	dir, err := processDir("pg")
-	if err != nil {
-		return nil, fmt.Errorf("create cluster directory: %w", err)
-	}
-	p := &Postgres{Dir: dir, bin: bin, cred: cred, opts: opts}
 	if cred != nil {
 		if err := os.Chown(dir, int(cred.Uid), int(cred.Gid)); err != nil {
 			return nil, err
 		}
 	}
-	if err := p.initdb(); err != nil {
-		_ = os.RemoveAll(dir)
-		return nil, err
-	}
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	p.Port = port
-	if err := p.Start(); err != nil {
-		p.Stop()
-		return nil, err
-	}
-	return p, nil
+	return &Postgres{Dir: dir, bin: bin, cred: cred, opts: opts}, nil
 }
 
 func (p *Postgres) initdb() error {
