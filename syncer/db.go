@@ -3,12 +3,10 @@ package syncer
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/beamline/registry-syncer/cache"
@@ -243,14 +241,4 @@ func counter(ctx context.Context, q querier) (int64, error) {
 		return 0, fmt.Errorf("read revision counter: %w", err)
 	}
 	return rev, nil
-}
-
-// isConnError reports errors that mean the database is unreachable rather than wrong.
-func isConnError(err error) bool {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		// admin shutdown, crash shutdown, cannot connect now
-		return pgErr.Code == "57P01" || pgErr.Code == "57P02" || pgErr.Code == "57P03"
-	}
-	return err != nil && !errors.Is(err, context.Canceled)
 }
