@@ -264,9 +264,14 @@ func (t *Term) keep() {
 		default:
 			// Try again soon, while the lease lasts.
 			retry := min(e.cfg.RenewInterval/4, time.Until(deadline))
+			if retry <= 0 {
+				e.log.Warn("leadership: lease ran out while renewing it failed, stepping down", "term", t.Number, "error", err)
+				t.end(fmt.Errorf("%w: term %d not renewed in time: %w", ErrLost, t.Number, err))
+				return
+			}
 			e.log.Warn("leadership: renewing the lease failed, retrying", "term", t.Number, "error", err,
 				"lease_left", time.Until(deadline).Round(time.Millisecond), "sleep_duration", retry)
-			timer.Reset(max(retry, time.Millisecond))
+			timer.Reset(retry)
 		}
 	}
 }

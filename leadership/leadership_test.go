@@ -165,4 +165,3 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		}
 	}
 }
-

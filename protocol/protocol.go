@@ -89,14 +89,18 @@ func (n Names) MsgID(rev int64) string { return n.Prefix + ":delta:" + strconv.F
 
 // Delta is one revision: every change of one committed transaction.
 type Delta struct {
-	Revision     int64          `json:"revision"`
-	PrevRevision int64          `json:"prev_revision"`
-	Checksum     string         `json:"checksum"` // of the snapshot after applying this delta
-	Count        int            `json:"count"`    // extensions after applying this delta
-	Source       string         `json:"source"`
-	CommittedAt  time.Time      `json:"committed_at"`
-	Resync       bool           `json:"resync,omitempty"` // changes too large for one message: bootstrap from the snapshot
-	Changes      []cache.Change `json:"changes"`
+	Revision     int64     `json:"revision"`
+	PrevRevision int64     `json:"prev_revision"`
+	Checksum     string    `json:"checksum"` // of the snapshot after applying this delta
+	Count        int       `json:"count"`    // extensions after applying this delta
+	Source       string    `json:"source"`
+	CommittedAt  time.Time `json:"committed_at"`
+	// RegistryID names the registry database the revision was committed in (with
+	// CommittedAt, the revision's identity: see PROTOCOL.md "Timelines"). Empty for the
+	// fixtures source.
+	RegistryID string         `json:"registry_id,omitempty"`
+	Resync     bool           `json:"resync,omitempty"` // changes too large for one message: bootstrap from the snapshot
+	Changes    []cache.Change `json:"changes"`
 }
 
 // ErrInvalid wraps every decoding or validation failure of a protocol document.
@@ -179,6 +183,10 @@ type Manifest struct {
 	Size      int       `json:"size"`      // bytes of the snapshot document
 	Sequences []uint64  `json:"sequences"` // stream sequences of the chunks, in order
 	CreatedAt time.Time `json:"created_at"`
+	// RegistryID and CommittedAt identify the revision in the registry database it came
+	// from (absent for the fixtures source).
+	RegistryID  string     `json:"registry_id,omitempty"`
+	CommittedAt *time.Time `json:"committed_at,omitempty"`
 }
 
 // Validate checks a decoded manifest.

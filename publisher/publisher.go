@@ -86,6 +86,27 @@ type Publisher struct {
 	cfg   Config
 	names protocol.Names
 	read  *protocol.Reader
+	// fence, when set, is asked immediately before every write; its error stops the write.
+	fence func() error
+}
+
+// WithFence returns a publisher on the same connection that asks fence before every write
+// (stream changes, deltas, announcements, snapshot chunks, manifests, purges, heartbeats)
+// and makes none once fence returns an error: a deposed leader writes nothing.
+func (p *Publisher) WithFence(fence func() error) *Publisher {
+	q := *p
+	q.fence = fence
+	return &q
+}
+
+func (p *Publisher) fenced(what string) error {
+	if p.fence == nil {
+		return nil
+	}
+	if err := p.fence(); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
 }
 
 // ErrTooLarge reports a delta that does not fit in one message; the caller writes the
@@ -117,6 +138,9 @@ func (p *Publisher) Reader() *protocol.Reader { return p.read }
 
 // EnsureStreams creates the delta and snapshot streams, or updates their limits.
 func (p *Publisher) EnsureStreams(ctx context.Context) error {
+	if err := p.fenced("create streams"); err != nil {
+		return err
+	}
 	deltas := jetstream.StreamConfig{
 		Name:        p.names.DeltaStream,
 		Description: "Beamline extension registry: one delta per revision",
@@ -183,6 +207,9 @@ func (p *Publisher) StoreDelta(ctx context.Context, d *protocol.Delta, data []by
 	if len(data) > p.maxMessage() {
 		return 0, fmt.Errorf("%w: delta %d is %d bytes", ErrTooLarge, d.Revision, len(data))
 	}
+	if err := p.fenced(fmt.Sprintf("publish delta %d", d.Revision)); err != nil {
+		return 0, err
+	}
 	subject := p.names.DeltaSubject(d.Revision)
 	ack, err := p.js.PublishMsg(ctx, d.Msg(subject, data),
 		jetstream.WithMsgID(p.names.MsgID(d.Revision)),
@@ -216,6 +243,9 @@ func (p *Publisher) StoreDelta(ctx context.Context, d *protocol.Delta, data []by
 	} else {
 		seq = ack.Sequence
 	}
+	if err := p.fenced(fmt.Sprintf("announce delta %d", d.Revision)); err != nil {
+		return seq, err
+	}
 	if err := p.nc.PublishMsg(d.Msg(p.names.Live(), data)); err != nil {
 		return seq, fmt.Errorf("announce delta %d: %w", d.Revision, err)
 	}
@@ -226,6 +256,9 @@ func (p *Publisher) StoreDelta(ctx context.Context, d *protocol.Delta, data []by
 func (p *Publisher) Heartbeat(hb *protocol.Heartbeat) error {
 	data, err := json.Marshal(hb)
 	if err != nil {
+		return err
+	}
+	if err := p.fenced("heartbeat"); err != nil {
 		return err
 	}
 	return p.nc.Publish(p.names.Heartbeat(), data)
@@ -266,6 +299,17 @@ func (p *Publisher) LastDelta(ctx context.Context) (*protocol.Delta, error) {
 // revision of the stored manifest is a no-op, and an older revision than the stored one
 // is never written.
 func (p *Publisher) WriteSnapshot(ctx context.Context, snap *cache.Snapshot, force bool) (*protocol.Manifest, error) {
+	return p.WriteSnapshotFrom(ctx, snap, force, Origin{})
+}
+
+// Origin identifies a snapshot's revision in the registry database it came from.
+type Origin struct {
+	RegistryID  string
+	CommittedAt time.Time // zero: unknown (revision 0, or the fixtures source)
+}
+
+// WriteSnapshotFrom is WriteSnapshot with the revision's origin recorded in the manifest.
+func (p *Publisher) WriteSnapshotFrom(ctx context.Context, snap *cache.Snapshot, force bool, origin Origin) (*protocol.Manifest, error) {
 	prev, err := p.read.Manifest(ctx)
 	if err != nil && !errors.Is(err, protocol.ErrNotFound) {
 		return nil, fmt.Errorf("read current manifest: %w", err)
@@ -276,6 +320,9 @@ func (p *Publisher) WriteSnapshot(ctx context.Context, snap *cache.Snapshot, for
 	doc, err := snap.Encode()
 	if err != nil {
 		return nil, fmt.Errorf("encode snapshot %d: %w", snap.Revision(), err)
+	}
+	if err := p.fenced(fmt.Sprintf("write snapshot %d", snap.Revision())); err != nil {
+		return nil, err
 	}
 	chunk := p.cfg.ChunkSize
 	if chunk == 0 || chunk > p.maxMessage() {
@@ -308,9 +355,16 @@ func (p *Publisher) WriteSnapshot(ctx context.Context, snap *cache.Snapshot, for
 		}
 	}
 	man := &protocol.Manifest{Revision: snap.Revision(), Checksum: snap.Checksum(), Source: snap.Source(),
-		Count: snap.Len(), Size: len(doc), Sequences: seqs, CreatedAt: time.Now().UTC()}
+		Count: snap.Len(), Size: len(doc), Sequences: seqs, CreatedAt: time.Now().UTC(), RegistryID: origin.RegistryID}
+	if !origin.CommittedAt.IsZero() {
+		at := origin.CommittedAt.UTC()
+		man.CommittedAt = &at
+	}
 	data, err := json.Marshal(man)
 	if err != nil {
+		return nil, err
+	}
+	if err := p.fenced(fmt.Sprintf("write snapshot %d manifest", snap.Revision())); err != nil {
 		return nil, err
 	}
 	mm := nats.NewMsg(p.names.Manifest())
@@ -321,6 +375,9 @@ func (p *Publisher) WriteSnapshot(ctx context.Context, snap *cache.Snapshot, for
 		return nil, fmt.Errorf("write snapshot %d manifest: %w", snap.Revision(), err)
 	}
 	// Keep the new snapshot and the one before it; purge older chunks and manifests.
+	if err := p.fenced(fmt.Sprintf("purge snapshots before %d", snap.Revision())); err != nil {
+		return man, err
+	}
 	s, err := p.js.Stream(ctx, p.names.SnapshotStream)
 	if err == nil {
 		keepFrom := seqs[0]

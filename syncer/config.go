@@ -1,4 +1,4 @@
-// Package syncer runs the registry sync: leadership through a PostgreSQL advisory lock,
+// Package syncer runs the registry sync: leadership terms under a lease (leadership/),
 // following the change log, publishing one delta per revision and a coalesced snapshot,
 // heartbeats, the periodic reconcile that repairs drift under a new revision, the source
 // modes (database, fixtures, auto), and repairing a stream that lost what it acknowledged.
@@ -40,6 +40,10 @@ type Config struct {
 	SnapshotInterval time.Duration
 	// LeaderRetry is how often a standby tries to take the leadership (default 1s).
 	LeaderRetry time.Duration
+	// LeaderTTL is the leadership lease's lifetime after each renewal (default 6s): a leader
+	// that stops renewing (dead host, frozen process, lost network) stops publishing before
+	// it runs out and is replaced about LeaderTTL + LeaderRetry after its last renewal.
+	LeaderTTL time.Duration
 	// DatabaseRetry is how often the auto source tries the database while serving fixtures
 	// (default 2s).
 	DatabaseRetry time.Duration
@@ -61,6 +65,7 @@ func (c Config) WithDefaults() Config {
 	c.HeartbeatInterval = cmp.Or(c.HeartbeatInterval, 2*time.Second)
 	c.SnapshotInterval = cmp.Or(c.SnapshotInterval, time.Second)
 	c.LeaderRetry = cmp.Or(c.LeaderRetry, time.Second)
+	c.LeaderTTL = cmp.Or(c.LeaderTTL, 6*time.Second)
 	c.DatabaseRetry = cmp.Or(c.DatabaseRetry, 2*time.Second)
 	c.History = cmp.Or(c.History, 100_000)
 	c.Batch = cmp.Or(c.Batch, 500)
@@ -84,11 +89,14 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("syncer: a database URL is required with source %q", c.Source))
 	}
 	pos := map[string]time.Duration{"SyncInterval": c.SyncInterval, "HeartbeatInterval": c.HeartbeatInterval,
-		"SnapshotInterval": c.SnapshotInterval, "LeaderRetry": c.LeaderRetry, "DatabaseRetry": c.DatabaseRetry}
-	for _, name := range []string{"SyncInterval", "HeartbeatInterval", "SnapshotInterval", "LeaderRetry", "DatabaseRetry"} {
+		"SnapshotInterval": c.SnapshotInterval, "LeaderRetry": c.LeaderRetry, "LeaderTTL": c.LeaderTTL, "DatabaseRetry": c.DatabaseRetry}
+	for _, name := range []string{"SyncInterval", "HeartbeatInterval", "SnapshotInterval", "LeaderRetry", "LeaderTTL", "DatabaseRetry"} {
 		if pos[name] <= 0 {
 			errs = append(errs, fmt.Errorf("syncer: %s must be positive (got %s)", name, pos[name]))
 		}
+	}
+	if c.LeaderTTL > 0 && c.LeaderTTL < 300*time.Millisecond {
+		errs = append(errs, fmt.Errorf("syncer: LeaderTTL must be at least 300ms (got %s)", c.LeaderTTL))
 	}
 	if c.History < 1 {
 		errs = append(errs, fmt.Errorf("syncer: History must be positive (got %d)", c.History))

@@ -2,11 +2,15 @@ package syncer_test
 
 import (
 	"context"
+	"net/url"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/beamline/registry-syncer/protocol"
 	"github.com/beamline/registry-syncer/syncer"
 	"github.com/beamline/registry-syncer/test/harness"
 )
@@ -222,39 +226,108 @@ func TestFailoverToStandby(t *testing.T) {
 	r2.stop(t)
 }
 
-// TestLeaderLockConnectionKilled kills the backend holding the leader's advisory lock
-// while a writer commits: the lock is gone at once, the standby takes it, and the old
-// leader steps down when its lock connection's ping fails (up to ~1 s during which both
-// may publish: the same revision has the same content, so the stream still holds each
-// revision once). On a private cluster: terminating by application name would hit the
-// leaders of parallel tests on the shared one.
-func TestLeaderLockConnectionKilled(t *testing.T) {
+// TestLeaderDatabaseStalled puts the leader's database connections (lease, listener,
+// pool) behind a proxy that black-holes them — no RST, queries just never answer, as a
+// partitioned network or a frozen middlebox does — while writers commit through a direct
+// connection. The leader cannot renew its lease: it must stop publishing by its own clock
+// (its NATS connection is fine, so only fencing stops it), the standby takes over within
+// the lease TTL plus its retry, and from the standby's first heartbeat on, nothing comes
+// from the old leader: never two publishers. After the network is back, the old leader
+// is a standby and every revision is stored once.
+func TestLeaderDatabaseStalled(t *testing.T) {
 	t.Parallel()
-	b, pg := setupPrivate(t)
-	r1 := b.start(t, func(c *syncer.Config) { c.InstanceID = "one" })
+	b := setup(t)
+	u, err := url.Parse(b.schema.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := harness.NewProxy(t, u.Host)
+	u.Host = proxy.Addr()
+	const ttl = 3 * time.Second
+
+	type beat struct {
+		from string
+		at   time.Time
+	}
+	var (
+		mu    sync.Mutex
+		beats []beat
+	)
+	names := b.names(t)
+	sub, err := b.nc.Subscribe(names.Heartbeat(), func(m *nats.Msg) {
+		h, err := protocol.DecodeHeartbeat(m.Data)
+		if err != nil {
+			t.Errorf("heartbeat: %v", err)
+			return
+		}
+		mu.Lock()
+		beats = append(beats, beat{h.Syncer, time.Now()})
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+
+	r1 := b.start(t, func(c *syncer.Config) { c.InstanceID = "one"; c.DatabaseURL = u.String(); c.LeaderTTL = ttl })
 	waitFor(t, 10*time.Second, "the first syncer leading", func() (bool, error) { return r1.s.Status().Ready, nil })
-	r2 := b.start(t, func(c *syncer.Config) { c.InstanceID = "two" })
+	r2 := b.start(t, func(c *syncer.Config) {
+		c.InstanceID = "two"
+		c.LeaderTTL = ttl
+		c.LeaderRetry = 200 * time.Millisecond
+	})
+	waitFor(t, 10*time.Second, "the second syncer a ready standby", func() (bool, error) {
+		st := r2.s.Status()
+		return st.Role == syncer.RoleStandby && st.Ready, nil
+	})
 
 	w := b.startWriters(1, 0, false)
-	w.waitCommits(t, 50, 30*time.Second)
-	n, err := pg.TerminateBackends(context.Background(), "registry-syncer-leader")
-	// (The standby's connection trying the lock, if open at that moment, goes too.)
-	if err != nil || n < 1 {
-		t.Fatalf("terminated %d leader lock backends (%v), want the leader's", n, err)
-	}
-	killed := time.Now()
-	waitFor(t, 10*time.Second, "the standby leading and the old leader stepped down", func() (bool, error) {
-		return r2.s.Status().Leader && !r1.s.Status().Leader, nil
+	w.waitCommits(t, 30, 30*time.Second)
+	proxy.Stall()
+	stalled := time.Now()
+	waitFor(t, ttl+5*time.Second, "the standby leading", func() (bool, error) { return r2.s.Status().Leader, nil })
+	took := time.Since(stalled)
+	var firstTwo time.Time
+	waitFor(t, 10*time.Second, "a heartbeat from the new leader", func() (bool, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, hb := range beats {
+			if hb.from == "two" {
+				firstTwo = hb.at
+				return true, nil
+			}
+		}
+		return false, nil
 	})
-	t.Logf("standby leads and the old leader stood down %s after its lock connection was killed", time.Since(killed).Round(time.Millisecond))
-	w.waitCommits(t, w.commits.Load()+50, 30*time.Second)
+	t.Logf("standby leads %s after the leader's database stalled (lease TTL %s)", took.Round(time.Millisecond), ttl)
+	if took > ttl+3*time.Second {
+		t.Errorf("takeover took %s, want at most TTL + 3s", took)
+	}
+	w.waitCommits(t, w.commits.Load()+30, 30*time.Second)
+	// The old leader is still stalled: whatever it was doing, it sent nothing since the new
+	// leader's first heartbeat (a bounded "nothing else arrived" check over a few beats).
+	checkQuiet := func(until time.Time) {
+		t.Helper()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, hb := range beats {
+			if hb.from == "one" && hb.at.After(firstTwo) && hb.at.Before(until) {
+				t.Errorf("heartbeat from the deposed leader %s after the new leader's first", hb.at.Sub(firstTwo))
+			}
+		}
+	}
+	checkQuiet(time.Now())
+	proxy.Resume()
+	waitFor(t, 20*time.Second, "the old leader a ready standby again", func() (bool, error) {
+		st := r1.s.Status()
+		return st.Role == syncer.RoleStandby && st.Ready, nil
+	})
 	if err := w.wait(); err != nil {
 		t.Fatal(err)
 	}
+	checkQuiet(time.Now())
 	rev := b.finalChecks(t)
-	// No live-order check: during the overlap the new leader re-announces revisions the
-	// old one stored and announced already (routers ignore revisions they have).
-	if s1, s2 := r1.s.Status(), r2.s.Status(); s1.Leader == s2.Leader {
+	if s1, s2 := r1.s.Status(), r2.s.Status(); s1.Leader || !s2.Leader {
 		t.Errorf("leaders at the end: one %v, two %v", s1.Leader, s2.Leader)
 	}
 	t.Logf("%d commits, %d revisions, each stored once", w.commits.Load(), rev)

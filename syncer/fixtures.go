@@ -40,18 +40,25 @@ func FixtureSnapshot(dir string, revision int64) (*cache.Snapshot, error) {
 
 // runFixtures publishes the fixture set (no database) and keeps the heartbeat going until
 // ctx ends. A forced sync reloads the fixture files.
-func (s *Syncer) runFixtures(ctx context.Context) error {
-	s.update(func(st *Status) { st.Leader, st.Listening, st.CaughtUp, st.Source = true, true, true, SourceFixtures })
-	s.lastSeq = 0 // stream sequences seen in an earlier leadership say nothing about this one
+func (p *Syncer) runFixtures(ctx context.Context) error {
+	// One term without a lease: the fixtures source has no database to elect in (run one
+	// such syncer per prefix).
+	s := newTerm(p, nil)
+	defer s.stop()
+	s.update(func(st *Status) {
+		st.Role, st.Leader, st.Listening, st.CaughtUp, st.Source = RoleLeader, true, true, true, SourceFixtures
+	})
 	s.metrics.Leader.Set(1)
 	defer func() {
-		s.update(func(st *Status) { st.Leader = false })
+		s.update(func(st *Status) {
+			st.Role, st.Leader, st.SnapshotRevision, st.LastPublishOK = RoleStarting, false, -1, time.Time{}
+		})
 		s.metrics.Leader.Set(0)
 	}()
 	if err := s.ensureStreams(ctx); err != nil {
 		return err
 	}
-	published, _, err := s.loadPublished(ctx)
+	published, _, _, err := s.loadPublished(ctx)
 	if err != nil {
 		return err
 	}
@@ -77,18 +84,18 @@ func (s *Syncer) runFixtures(ctx context.Context) error {
 // publishFixtures publishes the fixture content on top of base (what routers have): as
 // the first snapshot when nothing was published, else as one delta of whole aggregates
 // under the next revision when the content differs.
-func (s *Syncer) publishFixtures(ctx context.Context, base *cache.Snapshot) error {
+func (s *term) publishFixtures(ctx context.Context, base *cache.Snapshot) error {
 	fx, err := FixtureSnapshot(s.cfg.FixturesDir, 1)
 	if err != nil {
 		return err
 	}
 	if base == nil {
-		s.setPublished(fx, 0)
+		s.setPublished(fx, 0, origin{Revision: fx.Revision()})
 		s.log.InfoContext(ctx, "syncer: publishing fixtures as the first snapshot", "extensions", fx.Len())
 		return s.writeSnapshot(ctx, fx)
 	}
 	if base.Checksum() == fx.Checksum() && base.Source() == SourceFixtures {
-		s.setPublished(base, 0)
+		s.setPublished(base, 0, origin{Revision: base.Revision()})
 		return s.writeSnapshot(ctx, base)
 	}
 	var changes []cache.Change

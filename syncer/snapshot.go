@@ -5,15 +5,20 @@ import (
 	"time"
 
 	"github.com/beamline/registry-syncer/cache"
+	"github.com/beamline/registry-syncer/publisher"
 )
 
 // snapshotWriter writes the newest published state as the durable snapshot, at most once
-// per SnapshotInterval: deltas go out at once, snapshot writes coalesce.
-func (s *Syncer) snapshotWriter(ctx context.Context) {
+// per SnapshotInterval: deltas go out at once, snapshot writes coalesce. It runs for one
+// term: it stops when the term stops (stop), and a write in flight ends with the lease
+// (ctx).
+func (s *term) snapshotWriter(ctx context.Context) {
 	attempt := 0
 	for {
 		select {
 		case <-ctx.Done():
+			return
+		case <-s.writerStop:
 			return
 		case <-s.snapWake:
 		}
@@ -21,31 +26,46 @@ func (s *Syncer) snapshotWriter(ctx context.Context) {
 		if snap == nil || (snap.Revision() <= s.written.Load() && !s.snapForce.Load()) {
 			continue
 		}
-		// A write in progress is not cut short by the shutdown (Run waits for it): a
+		// A write in progress is not cut short by a clean stop (stop waits for it): a
 		// cancelled write leaves chunks without a manifest, or a manifest with the old
-		// snapshots not purged, and logs a failure on every clean stop.
-		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		// snapshots not purged, and logs a failure on every clean stop. Losing the lease
+		// does cut it short.
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err := s.writeSnapshot(wctx, snap)
 		cancel()
 		if err != nil {
 			attempt++
 			wait := backoff(attempt)
 			s.log.WarnContext(ctx, "syncer: snapshot write failed, retrying", "revision", snap.Revision(), "error", err, "attempt", attempt, "sleep_duration", wait)
-			if !sleep(ctx, wait) {
+			if !s.pause(ctx, wait) {
 				return
 			}
 			s.kickSnapshotWriter()
 			continue
 		}
 		attempt = 0
-		if !sleep(ctx, s.cfg.SnapshotInterval) {
+		if !s.pause(ctx, s.cfg.SnapshotInterval) {
 			return
 		}
 	}
 }
 
+// pause waits d unless ctx ends or the writer is stopped; it reports whether to go on.
+func (s *term) pause(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-s.writerStop:
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
 // writeSnapshot stores snap as the durable snapshot unless a newer one was written.
-func (s *Syncer) writeSnapshot(ctx context.Context, snap *cache.Snapshot) error {
+func (s *term) writeSnapshot(ctx context.Context, snap *cache.Snapshot) error {
 	s.snapMu.Lock()
 	defer s.snapMu.Unlock()
 	force := s.snapForce.Swap(false)
@@ -53,7 +73,11 @@ func (s *Syncer) writeSnapshot(ctx context.Context, snap *cache.Snapshot) error 
 		return nil
 	}
 	start := time.Now()
-	man, err := s.pub.WriteSnapshot(ctx, snap, force)
+	var o publisher.Origin
+	if lo := s.latestOrigin.Load(); lo != nil && lo.Revision == snap.Revision() && snap.Source() == SourceDatabase {
+		o = publisher.Origin{RegistryID: lo.RegistryID, CommittedAt: lo.CommittedAt}
+	}
+	man, err := s.pub.WriteSnapshotFrom(ctx, snap, force, o)
 	if err == nil && man.Revision > snap.Revision() {
 		// The stored manifest is ahead of this state. Usually another syncer wrote it: the
 		// previous leader, still publishing or just stopped, while this one catches up.
@@ -63,7 +87,7 @@ func (s *Syncer) writeSnapshot(ctx context.Context, snap *cache.Snapshot) error 
 		// a manifest beyond the database's last revision, which nobody will ever reach (a
 		// corrupt or foreign write), is replaced at once: it would keep new routers from
 		// bootstrapping until the registry caught up with it.
-		if !s.Status().Leader || s.latest.Load() != snap {
+		if s.latest.Load() != snap {
 			return nil
 		}
 		dbRev := int64(-1)
@@ -78,7 +102,7 @@ func (s *Syncer) writeSnapshot(ctx context.Context, snap *cache.Snapshot) error 
 		}
 		s.log.WarnContext(ctx, "syncer: the stored snapshot manifest is ahead of the published state; rewriting it",
 			"stored_revision", man.Revision, "published_revision", snap.Revision(), "database_revision", dbRev)
-		man, err = s.pub.WriteSnapshot(ctx, snap, true)
+		man, err = s.pub.WriteSnapshotFrom(ctx, snap, true, o)
 	}
 	if err != nil {
 		if force {
@@ -88,6 +112,8 @@ func (s *Syncer) writeSnapshot(ctx context.Context, snap *cache.Snapshot) error 
 		return err
 	}
 	s.written.Store(man.Revision)
+	s.update(func(st *Status) { st.SnapshotRevision = man.Revision })
+	s.publishOK()
 	s.metrics.SnapshotWrites.Inc()
 	s.metrics.SnapshotRevision.Set(float64(man.Revision))
 	s.metrics.SnapshotBytes.Set(float64(man.Size))

@@ -4,40 +4,54 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 
-	"github.com/beamline/registry-syncer/cache"
+	"github.com/beamline/registry-syncer/leadership"
 	"github.com/beamline/registry-syncer/publisher"
+)
+
+// Roles of a syncer process, as /readyz reports them.
+const (
+	RoleStarting = "starting" // not yet in touch with the database
+	RoleStandby  = "standby"  // another syncer holds the lease; this one is ready to take over
+	RoleLeader   = "leader"   // this syncer holds the lease and publishes
 )
 
 // Status is what /readyz and the admin endpoint report.
 type Status struct {
+	Role             string `json:"role"`
 	Leader           bool   `json:"leader"`
+	Term             int64  `json:"term,omitempty"`
 	Source           string `json:"source"`
 	Revision         int64  `json:"revision"`
 	Checksum         string `json:"checksum"`
 	Extensions       int    `json:"extensions"`
 	DatabaseRevision int64  `json:"database_revision"`
+	DatabaseUp       bool   `json:"database_up"`
+	NATSConnected    bool   `json:"nats_connected"`
 	Listening        bool   `json:"listening"`
 	CaughtUp         bool   `json:"caught_up"`
 	SnapshotRevision int64  `json:"snapshot_revision"`
-	Ready            bool   `json:"ready"`
-	Reason           string `json:"reason,omitempty"`
+	// LastPublishOK is when the leader last heard NATS take a write (a delta stored, or the
+	// stream answering the heartbeat's check).
+	LastPublishOK time.Time `json:"last_publish_ok,omitzero"`
+	Ready         bool      `json:"ready"`
+	Reason        string    `json:"reason,omitempty"`
 	// Error is what ended the last leadership, until the syncer is caught up again (e.g. a
 	// revision that cannot be applied: the syncer stops publishing and retries with backoff).
 	Error string `json:"error,omitempty"`
 }
 
-// Syncer is one syncer process. Build it with New and call Run.
+// Syncer is one syncer process. Build it with New and call Run. State that lives for one
+// leadership term (what was published, the cursor, the history, the snapshot writer) is
+// in a term value (term.go), created when the term starts and dropped when it ends.
 type Syncer struct {
 	cfg     Config
 	log     *slog.Logger
@@ -49,21 +63,9 @@ type Syncer struct {
 	pool     *pgxpool.Pool
 	poolErr  error
 
-	// Owned by the goroutine that publishes (one lead or fixtures loop at a time).
-	snap    *cache.Snapshot
-	cursor  int64
-	history *history
-	lastSeq uint64 // highest delta-stream sequence this leadership stored at (0: none yet)
-	// pending is the rest of a change-log batch a time-bounded catch-up round did not
-	// publish; it continues the cursor pendingAfter.
-	pending      []revision
-	pendingAfter int64
-
-	latest    atomic.Pointer[cache.Snapshot] // newest published state, for the snapshot writer
-	snapWake  chan struct{}
-	snapForce atomic.Bool
-	snapMu    sync.Mutex
-	written   atomic.Int64 // revision of the last snapshot written (-1: none)
+	// highWater is the highest revision this process ever published or saw published, in
+	// any term: a new timeline is published above it.
+	highWater atomic.Int64
 
 	force chan chan error
 
@@ -85,33 +87,51 @@ func New(cfg Config, nc *nats.Conn, pubCfg publisher.Config, log *slog.Logger, m
 		metrics = NewMetrics(nil)
 	}
 	s := &Syncer{cfg: cfg, log: log.With("component", "syncer", "instance", cfg.InstanceID), metrics: metrics,
-		nc: nc, pub: pub, history: newHistory(cfg.History), snapWake: make(chan struct{}, 1),
-		force: make(chan chan error)}
-	s.written.Store(-1)
-	s.status.Source = cfg.Source
+		nc: nc, pub: pub, force: make(chan chan error)}
+	s.status.Source, s.status.Role, s.status.SnapshotRevision = cfg.Source, RoleStarting, -1
 	return s, nil
 }
 
-// Status returns a copy of the current status.
+// Status returns a copy of the current status. Ready means this process can do its
+// role: a standby is ready while it reaches the database and NATS (it can take over); the
+// leader while it listens, has caught up, has a snapshot published and NATS took a write
+// within two heartbeat intervals.
 func (s *Syncer) Status() Status {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	st := s.status
-	st.SnapshotRevision = s.written.Load()
-	st.Ready, st.Reason = st.Leader && st.Listening && st.CaughtUp && st.SnapshotRevision >= 0, ""
+	s.mu.Unlock()
+	st.NATSConnected = s.nc.IsConnected()
+	st.Reason = ""
 	switch {
-	case st.Ready:
+	case st.Role == RoleLeader:
+		fresh := !st.LastPublishOK.IsZero() && time.Since(st.LastPublishOK) <= 2*s.cfg.HeartbeatInterval
+		switch {
+		case st.Error != "" && !st.CaughtUp:
+			st.Reason = "not publishing, retrying after: " + st.Error
+		case !st.NATSConnected:
+			st.Reason = "leader: NATS is not connected"
+		case !st.Listening:
+			st.Reason = "leader: LISTEN not confirmed"
+		case !st.CaughtUp:
+			st.Reason = "leader: catching up with the change log"
+		case st.SnapshotRevision < 0:
+			st.Reason = "leader: no snapshot published yet"
+		case !fresh:
+			st.Reason = "leader: NATS has not taken a write for two heartbeat intervals"
+		}
+	case st.Role == RoleStandby:
+		switch {
+		case !st.DatabaseUp:
+			st.Reason = "standby: the database does not answer"
+		case !st.NATSConnected:
+			st.Reason = "standby: NATS is not connected"
+		}
 	case st.Error != "":
 		st.Reason = "not publishing, retrying after: " + st.Error
-	case !st.Leader:
-		st.Reason = "standby: another syncer holds the leadership (or none acquired yet)"
-	case !st.Listening:
-		st.Reason = "LISTEN not confirmed"
-	case !st.CaughtUp:
-		st.Reason = "catching up with the change log"
-	case st.SnapshotRevision < 0:
-		st.Reason = "no snapshot published yet"
+	default:
+		st.Reason = "starting: the database has not answered yet"
 	}
+	st.Ready = st.Reason == ""
 	return st
 }
 
@@ -159,16 +179,6 @@ func (s *Syncer) Run(ctx context.Context) error {
 			s.pool.Close()
 		}
 	}()
-	var wg sync.WaitGroup
-	wctx, stopWriter := context.WithCancel(context.WithoutCancel(ctx))
-	wg.Add(1)
-	go func() { defer wg.Done(); s.snapshotWriter(wctx) }()
-	defer func() {
-		// Let the writer finish the in-flight snapshot, then stop it.
-		stopWriter()
-		wg.Wait()
-	}()
-
 	switch s.cfg.Source {
 	case SourceFixtures:
 		if err := s.runFixtures(ctx); ctx.Err() == nil {
@@ -248,32 +258,37 @@ func backoff(attempt int) time.Duration {
 	return d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
 }
 
-// runDatabase takes the leadership, leads until it is lost or fails, and starts over.
+// runDatabase takes the leadership, leads for one term until it is lost or fails, and
+// starts over.
 func (s *Syncer) runDatabase(ctx context.Context) error {
 	pool, err := s.Pool()
 	if err != nil {
 		return err
 	}
+	el, err := leadership.New(pool, leadership.Config{Holder: s.cfg.InstanceID, TTL: s.cfg.LeaderTTL,
+		RetryInterval: s.cfg.LeaderRetry}, s.log)
+	if err != nil {
+		return err
+	}
 	attempt := 0
 	for ctx.Err() == nil {
-		lock, err := s.acquireLeadership(ctx, pool)
+		lease, err := s.acquire(ctx, el)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			return err
 		}
-		leadCtx, cancel := context.WithCancel(ctx)
-		lost := make(chan error, 1)
-		go func() { lost <- lock.watch(leadCtx, cancel) }()
-		err = s.lead(leadCtx)
-		cancel()
-		<-lost
-		lock.release()
-		progressed := false
+		t := newTerm(s, lease)
+		err = t.lead(ctx)
+		t.stop()
+		lease.Release()
+		progressed := t.caughtUpOnce
 		s.update(func(st *Status) {
-			progressed = st.CaughtUp
-			st.Leader, st.Listening, st.CaughtUp = false, false, false
+			// Not a standby until another syncer is seen leading: this one may be the only
+			// one, failing (Error says why) and about to try again.
+			st.Role, st.Leader, st.Term, st.Listening, st.CaughtUp = RoleStarting, false, 0, false, false
+			st.SnapshotRevision, st.LastPublishOK = -1, time.Time{}
 			if err != nil && ctx.Err() == nil {
 				st.Error = err.Error()
 			}
@@ -281,6 +296,12 @@ func (s *Syncer) runDatabase(ctx context.Context) error {
 		s.metrics.Leader.Set(0)
 		if ctx.Err() != nil {
 			return nil
+		}
+		if errors.Is(err, errNewTimeline) {
+			// Not a failure: the next term publishes the database's timeline at once.
+			s.log.WarnContext(ctx, "syncer: the database is on a new timeline; starting a new term to publish it", "error", err)
+			attempt = 0
+			continue
 		}
 		if progressed {
 			// This leadership worked until it ended: start the backoff over (lead never
@@ -293,38 +314,44 @@ func (s *Syncer) runDatabase(ctx context.Context) error {
 		if !sleep(ctx, d) {
 			return nil
 		}
-		if err == nil {
-			attempt = 0
-		}
 	}
 	return nil
 }
 
-// leaderLock is the advisory lock held on a dedicated connection.
-type leaderLock struct {
-	conn *pgx.Conn
-	key  int64
-	log  *slog.Logger
-}
-
-func (s *Syncer) acquireLeadership(ctx context.Context, pool *pgxpool.Pool) (*leaderLock, error) {
+// acquire waits until this process holds the lease, keeping the standby's status true.
+func (s *Syncer) acquire(ctx context.Context, el *leadership.Elector) (*leadership.Term, error) {
 	logged := false
 	attempt := 0
 	for {
-		l, ok, err := tryLock(ctx, s.cfg.DatabaseURL)
+		lease, err := el.TryAcquire(ctx)
 		s.metrics.DatabaseUp.Set(boolGauge(err == nil))
-		if err == nil && ok {
-			l.log = s.log
-			s.log.InfoContext(ctx, "syncer: acquired leadership")
-			return l, nil
+		if lease != nil {
+			s.log.InfoContext(ctx, "syncer: acquired leadership", "term", lease.Number)
+			s.update(func(st *Status) {
+				st.Role, st.Leader, st.Term, st.DatabaseUp, st.Source = RoleLeader, true, lease.Number, true, SourceDatabase
+			})
+			s.metrics.Leader.Set(1)
+			return lease, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
 		}
 		wait := s.cfg.LeaderRetry
 		if err != nil {
 			attempt++
 			wait = backoff(attempt)
-			s.log.WarnContext(ctx, "syncer: cannot reach the database for the leadership lock", "error", err, "attempt", attempt, "sleep_duration", wait)
+			s.log.WarnContext(ctx, "syncer: cannot reach the database for the leadership lease", "error", err, "attempt", attempt, "sleep_duration", wait)
+			s.update(func(st *Status) {
+				st.DatabaseUp = false
+				if st.Role == RoleStarting {
+					st.Error = err.Error()
+				}
+			})
 		} else {
 			attempt = 0
+			// Another syncer holds the lease: this one is a healthy standby, whatever ended
+			// its own last term.
+			s.update(func(st *Status) { st.Role, st.DatabaseUp, st.Error = RoleStandby, true, "" })
 			if !logged {
 				s.log.InfoContext(ctx, "syncer: standby, another syncer leads")
 				logged = true
@@ -334,65 +361,4 @@ func (s *Syncer) acquireLeadership(ctx context.Context, pool *pgxpool.Pool) (*le
 			return nil, ctx.Err()
 		}
 	}
-}
-
-func tryLock(ctx context.Context, url string) (*leaderLock, bool, error) {
-	cfg, err := pgx.ParseConfig(url)
-	if err != nil {
-		return nil, false, err
-	}
-	cfg.RuntimeParams["application_name"] = "registry-syncer-leader"
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	conn, err := pgx.ConnectConfig(cctx, cfg)
-	if err != nil {
-		return nil, false, err
-	}
-	var schema string
-	if err := conn.QueryRow(cctx, `SELECT current_schema()`).Scan(&schema); err != nil {
-		conn.Close(context.Background())
-		return nil, false, err
-	}
-	h := fnv.New64a()
-	h.Write([]byte("registry-syncer-leader:" + schema))
-	key := int64(h.Sum64() >> 1)
-	var ok bool
-	if err := conn.QueryRow(cctx, `SELECT pg_try_advisory_lock($1)`, key).Scan(&ok); err != nil {
-		conn.Close(context.Background())
-		return nil, false, err
-	}
-	if !ok {
-		conn.Close(context.Background())
-		return nil, false, nil
-	}
-	return &leaderLock{conn: conn, key: key}, true, nil
-}
-
-// watch pings the lock connection every second; when it fails, the lock may be gone, so
-// the leader must stop publishing at once (cancel).
-func (l *leaderLock) watch(ctx context.Context, cancel context.CancelFunc) error {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-		pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
-		err := l.conn.Ping(pctx)
-		pcancel()
-		if err != nil && ctx.Err() == nil {
-			l.log.WarnContext(ctx, "syncer: leadership connection lost, stepping down", "error", err)
-			cancel()
-			return err
-		}
-	}
-}
-
-func (l *leaderLock) release() {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	_, _ = l.conn.Exec(ctx, `SELECT pg_advisory_unlock($1)`, l.key)
-	l.conn.Close(ctx)
 }

@@ -65,6 +65,7 @@ type spec struct {
 	PollInterval      time.Duration `envconfig:"POLL_INTERVAL" default:"0" expect:"a duration such as 5s, or 0 for off" desc:"Also wake up at this interval to read the change log, besides LISTEN/NOTIFY (0: off)."`
 	Listen            bool          `envconfig:"LISTEN" default:"true" expect:"true or false" desc:"Use LISTEN/NOTIFY. false (behind a transaction-pooling proxy, say) polls only and needs POLL_INTERVAL."`
 	LeaderRetry       time.Duration `envconfig:"LEADER_RETRY" default:"1s" expect:"a positive duration such as 1s" desc:"How often a standby syncer tries to take the leadership."`
+	LeaderTTL         time.Duration `envconfig:"LEADER_TTL" default:"6s" expect:"a duration of at least 300ms such as 6s" desc:"Lifetime of the leadership lease after each renewal (renewed every third of it). A leader that stops renewing (dead host, frozen process, lost network) stops publishing before it runs out and is replaced about LEADER_TTL + LEADER_RETRY after its last renewal."`
 
 	StreamReplicas   int           `envconfig:"STREAM_REPLICAS" default:"1" expect:"an integer in 1..5" desc:"Replicas of the JetStream streams (3 on a NATS cluster)."`
 	DeltaMaxAge      time.Duration `envconfig:"DELTA_MAX_AGE" default:"168h" expect:"a duration of at least 1m such as 168h" desc:"How long deltas are kept; routers further behind re-bootstrap from the snapshot."`
@@ -333,6 +334,7 @@ func loadConfig(lookup func(string) (string, bool)) (*config, error) {
 		fail("LISTEN", fmt.Sprintf("false (poll only) needs %s > 0 (got %q)", vars["POLL_INTERVAL"].Key, raw["POLL_INTERVAL"]))
 	}
 	check("LEADER_RETRY", s.LeaderRetry > 0)
+	check("LEADER_TTL", s.LeaderTTL >= 300*time.Millisecond)
 	check("STREAM_REPLICAS", s.StreamReplicas >= 1 && s.StreamReplicas <= 5)
 	check("DELTA_MAX_AGE", s.DeltaMaxAge >= time.Minute)
 	check("DELTA_MAX_MSGS", s.DeltaMaxMsgs >= 1000)
@@ -367,6 +369,7 @@ func loadConfig(lookup func(string) (string, bool)) (*config, error) {
 		HeartbeatInterval: s.HeartbeatInterval,
 		SnapshotInterval:  s.SnapshotInterval,
 		LeaderRetry:       s.LeaderRetry,
+		LeaderTTL:         s.LeaderTTL,
 		Listener:          listener.Config{Disabled: !s.Listen, PollInterval: s.PollInterval},
 	}
 	c.Publisher = publisher.Config{

@@ -208,9 +208,14 @@ func TestRunDaemon(t *testing.T) {
 
 	// A second syncer waits on standby, and takes over when the first shuts down: the
 	// first released the leadership on its way out.
+	// A healthy standby is ready (it can do its role: take over), so a rolling update of
+	// two replicas proceeds; the role tells it from the leader.
 	b := startDaemon(t, "standby", env)
-	if code, body := get(t, b.base+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "standby") {
-		t.Errorf("standby /readyz: %d %s", code, body)
+	waitStatus(t, b.base, "a ready standby", func(code int, st syncer.Status) bool {
+		return code == http.StatusOK && st.Ready && st.Role == syncer.RoleStandby && !st.Leader
+	})
+	if _, metrics := get(t, b.base+"/metrics"); !strings.Contains(metrics, "registry_syncer_leader 0") {
+		t.Error("standby /metrics lacks registry_syncer_leader 0")
 	}
 	aAddr := strings.TrimPrefix(a.base, "http://")
 	code, log := a.stop(t)

@@ -289,6 +289,7 @@ type syncerProc struct {
 
 // syncerStatus is the body of /readyz.
 type syncerStatus struct {
+	Role     string `json:"role"`
 	Leader   bool   `json:"leader"`
 	Revision int64  `json:"revision"`
 	Ready    bool   `json:"ready"`
@@ -317,9 +318,10 @@ func (s *syncerProc) readyz(ctx context.Context) (int, syncerStatus, error) {
 }
 
 // waitReady waits until /readyz answers 200.
-func (s *syncerProc) waitReady(t *testing.T, within time.Duration) {
+// waitLeading waits until s is the ready leader.
+func (s *syncerProc) waitLeading(t *testing.T, within time.Duration) {
 	t.Helper()
-	eventually(t, within, s.name+" ready", func() error {
+	eventually(t, within, s.name+" leading", func() error {
 		if s.exited() {
 			t.Fatalf("%s exited: %v", s.name, s.err)
 		}
@@ -327,11 +329,18 @@ func (s *syncerProc) waitReady(t *testing.T, within time.Duration) {
 		if err != nil {
 			return err
 		}
-		if code != http.StatusOK {
-			return fmt.Errorf("/readyz %d: %s", code, st.Reason)
+		if code != http.StatusOK || !st.Leader {
+			return fmt.Errorf("/readyz %d leader %v: %s", code, st.Leader, st.Reason)
 		}
 		return nil
 	})
+}
+
+// waitReady waits until s leads and is ready (a ready standby is not enough here: the
+// tests that wait for it need it publishing).
+func (s *syncerProc) waitReady(t *testing.T, within time.Duration) {
+	t.Helper()
+	s.waitLeading(t, within)
 }
 
 // cliResult is the outcome of a syncer command run to completion.

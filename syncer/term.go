@@ -1,0 +1,246 @@
+package syncer
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/beamline/registry-syncer/cache"
+	"github.com/beamline/registry-syncer/leadership"
+	"github.com/beamline/registry-syncer/listener"
+	"github.com/beamline/registry-syncer/publisher"
+)
+
+// term is one leadership term: everything that is only true while this process publishes
+// under one lease. It is created when the term starts and dropped when it ends, so nothing
+// one term learned (the cursor, the published state, stream sequences, a pending batch)
+// can leak into the next — the database or the stream may have changed in between.
+type term struct {
+	*Syncer
+	// lease fences every write (nil with the fixtures source: no database, no election).
+	lease *leadership.Term
+	// pub is the process's publisher fenced by the lease: it writes nothing once the lease
+	// could have been taken over.
+	pub *publisher.Publisher
+
+	// Owned by the term's publishing goroutine.
+	snap   *cache.Snapshot // the published state
+	cursor int64           // last change-log revision the published state includes
+	origin origin          // identity of the published state's revision in the database
+	// registryID is the database's registry id, read when the term starts (deltas carry it).
+	registryID string
+	history    *history
+	lastSeq    uint64 // highest delta-stream sequence this term stored at (0: none yet)
+	// pending is the rest of a change-log batch a time-bounded catch-up round did not
+	// publish; it continues the cursor pendingAfter.
+	pending      []revision
+	pendingAfter int64
+	caughtUpOnce bool // the term caught up at least once (it worked until it ended)
+
+	// The snapshot writer (snapshot.go) runs beside the publishing goroutine.
+	latest       atomic.Pointer[cache.Snapshot] // newest published state
+	latestOrigin atomic.Pointer[origin]
+	snapWake     chan struct{}
+	snapForce    atomic.Bool
+	snapMu       sync.Mutex
+	written      atomic.Int64 // revision of the last snapshot written (-1: none)
+	writerStop   chan struct{}
+	writerDone   chan struct{}
+}
+
+func newTerm(s *Syncer, lease *leadership.Term) *term {
+	t := &term{Syncer: s, lease: lease, pub: s.pub, history: newHistory(s.cfg.History),
+		snapWake: make(chan struct{}, 1), writerStop: make(chan struct{}), writerDone: make(chan struct{})}
+	if lease != nil {
+		t.pub = s.pub.WithFence(lease.Valid)
+	}
+	t.written.Store(-1)
+	// The writer's writes end with the lease; a clean stop (stop) lets the one in flight
+	// finish while the lease still holds.
+	wctx := context.Background()
+	if lease != nil {
+		wctx = lease.Context()
+	}
+	go func() {
+		defer close(t.writerDone)
+		t.snapshotWriter(wctx)
+	}()
+	return t
+}
+
+// stop ends the term's snapshot writer and waits for it. Call it before releasing the
+// lease.
+func (t *term) stop() {
+	select {
+	case <-t.writerStop:
+	default:
+		close(t.writerStop)
+	}
+	<-t.writerDone
+}
+
+// lead publishes while this term lasts: LISTEN first, then restore the published state
+// from NATS, catch up from the change log, and follow it. It returns when ctx ends, the
+// lease is lost, or publishing fails.
+func (s *term) lead(parent context.Context) error {
+	ctx, cancel := context.WithCancelCause(parent)
+	defer cancel(nil)
+	stopWatch := context.AfterFunc(s.lease.Context(), func() { cancel(context.Cause(s.lease.Context())) })
+	defer stopWatch()
+	err := s.leadLoop(ctx)
+	if cause := context.Cause(ctx); parent.Err() == nil && cause != nil && errors.Is(cause, leadership.ErrLost) {
+		return cause
+	}
+	return err
+}
+
+func (s *term) leadLoop(ctx context.Context) error {
+	pool, err := s.Pool()
+	if err != nil {
+		return err
+	}
+	if err := s.ensureStreams(ctx); err != nil {
+		return err
+	}
+	lcfg := s.cfg.Listener
+	lis, err := listener.New(lcfg, s.log, nil)
+	if err != nil {
+		return err
+	}
+	if err := lis.Start(ctx); err != nil {
+		return err
+	}
+	defer lis.Stop()
+	// The first wake-up comes once LISTEN is confirmed: only then is catching up safe
+	// (a commit after this point wakes us again).
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-lis.C():
+	}
+	s.update(func(st *Status) { st.Listening = true })
+	if err := s.restore(ctx, pool); err != nil {
+		return err
+	}
+	if err := s.catchUp(ctx, pool, 0); err != nil {
+		return err
+	}
+
+	reconcile := time.NewTicker(s.cfg.SyncInterval)
+	defer reconcile.Stop()
+	beat := time.NewTicker(s.cfg.HeartbeatInterval)
+	defer beat.Stop()
+	var seenReconnects, seenNotifications int64
+	// Catching up goes in rounds of about a heartbeat interval; between rounds the loop
+	// serves whatever else is due (more wakes it for the next round).
+	more := make(chan struct{}, 1)
+	follow := func() error {
+		again, err := s.catchUpFor(ctx, pool, s.cfg.HeartbeatInterval)
+		if again {
+			select {
+			case more <- struct{}{}:
+			default:
+			}
+		}
+		return err
+	}
+	onBeat := func() error {
+		s.update(func(st *Status) { st.Listening = lis.Listening() })
+		if err := s.checkTimeline(ctx, pool); err != nil {
+			return err
+		}
+		s.heartbeat()
+		s.checkStream(ctx)
+		return nil
+	}
+	for {
+		// A due heartbeat goes first: between catch-up rounds, a random pick among the
+		// ready cases could pass it over several times.
+		select {
+		case <-beat.C:
+			if err := onBeat(); err != nil {
+				return err
+			}
+		default:
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-more:
+			if err := follow(); err != nil {
+				return err
+			}
+		case <-lis.C():
+			rc, n := lis.Stats()
+			s.metrics.ListenerReconnect.Add(float64(rc - seenReconnects))
+			s.metrics.Notifications.Add(float64(n - seenNotifications))
+			seenReconnects, seenNotifications = rc, n
+			s.update(func(st *Status) { st.Listening = lis.Listening() })
+			if err := follow(); err != nil {
+				return err
+			}
+		case <-reconcile.C:
+			if err := s.reconcile(ctx, pool); err != nil {
+				return err
+			}
+		case done := <-s.force:
+			err := s.reconcile(ctx, pool)
+			done <- err
+			if err != nil {
+				return err
+			}
+		case <-beat.C:
+			if err := onBeat(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// ensureStreams creates the streams, retrying NATS failures with backoff; a server this
+// product cannot work with is an error at once.
+func (s *term) ensureStreams(ctx context.Context) error {
+	for attempt := 1; ; attempt++ {
+		err := s.pub.EnsureStreams(ctx)
+		if err == nil {
+			s.publishOK()
+			return nil
+		}
+		if errors.Is(err, leadership.ErrLost) {
+			return err
+		}
+		d := backoff(attempt)
+		s.log.WarnContext(ctx, "syncer: cannot create the streams", "error", err, "attempt", attempt, "sleep_duration", d)
+		if !sleep(ctx, d) {
+			return ctx.Err()
+		}
+	}
+}
+
+// publishOK records that NATS took a write (readiness: the leader can publish).
+func (s *term) publishOK() {
+	now := time.Now()
+	s.update(func(st *Status) { st.LastPublishOK = now })
+}
+
+func (s *term) setPublished(snap *cache.Snapshot, cursor int64, o origin) {
+	s.snap, s.cursor, s.origin = snap, cursor, o
+	s.latest.Store(snap)
+	s.latestOrigin.Store(&o)
+	s.noteHighWater(snap.Revision())
+	s.metrics.LastPublished.Set(float64(snap.Revision()))
+	s.metrics.Extensions.Set(float64(snap.Len()))
+	s.update(func(st *Status) {
+		st.Revision, st.Checksum, st.Extensions, st.Source = snap.Revision(), snap.Checksum(), snap.Len(), snap.Source()
+	})
+	s.kickSnapshotWriter()
+}
+
+func (s *term) kickSnapshotWriter() {
+	select {
+	case s.snapWake <- struct{}{}:
+	default:
+	}
+}
