@@ -72,7 +72,12 @@ func (s *term) catchUpUntil(ctx context.Context, pool *pgxpool.Pool, upTo int64,
 			s.caughtUpTo(dbRev)
 			return false, nil
 		}
-		s.update(func(st *Status) { st.CaughtUp = false })
+		s.update(func(st *Status) {
+			st.CaughtUp = false
+			if dbRev >= 0 {
+				st.DatabaseRevision = dbRev // what is to publish, while publishing may be stuck
+			}
+		})
 		for i, r := range revs {
 			if !deadline.IsZero() && time.Now().After(deadline) {
 				s.pending, s.pendingAfter = revs[i:], s.cursor

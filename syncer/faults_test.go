@@ -2,7 +2,9 @@ package syncer_test
 
 import (
 	"context"
+	"fmt"
 	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -333,4 +335,64 @@ func TestLeaderDatabaseStalled(t *testing.T) {
 	t.Logf("%d commits, %d revisions, each stored once", w.commits.Load(), rev)
 	r1.stop(t)
 	r2.stop(t)
+}
+
+// TestReadinessFollowsNATS: the leader is not ready once NATS stops taking its writes —
+// within two heartbeat intervals (plus the client's own disconnect detection, here an
+// in-process server that closes its sockets) — whether the registry is idle or a change is
+// waiting; its status shows the change it cannot publish; ready again once it published it.
+func TestReadinessFollowsNATS(t *testing.T) {
+	t.Parallel()
+	const hb = 200 * time.Millisecond
+	b := setup(t)
+	r := b.start(t, func(c *syncer.Config) { c.HeartbeatInterval = hb })
+	b.exec(t, `INSERT INTO extensions (id, type, subject) VALUES ('a', 'pre', 'beamline.ext.pre.a.v1')`)
+	b.waitConverged(t, 10*time.Second)
+	waitFor(t, 10*time.Second, "ready", func() (bool, error) { return r.s.Status().Ready, nil })
+
+	// Idle registry.
+	b.nats.Shutdown()
+	down := time.Now()
+	waitFor(t, 2*hb+2*time.Second, "not ready with NATS down (idle)", func() (bool, error) { return !r.s.Status().Ready, nil })
+	t.Logf("idle: not ready %s after NATS went down: %q", time.Since(down).Round(time.Millisecond), r.s.Status().Reason)
+	// A change waiting to be published: still not ready, and the status names its revision.
+	rev := b.exec(t, `UPDATE extensions SET retry = 1 WHERE id = 'a'`)
+	waitFor(t, 5*time.Second, "the waiting revision in the status", func() (bool, error) {
+		st := r.s.Status()
+		return !st.Ready && st.DatabaseRevision == rev && st.Revision < rev, fmt.Errorf("%+v", st)
+	})
+	if err := b.nats.Start(); err != nil {
+		t.Fatal(err)
+	}
+	b.waitPublished(t, rev, time.Now(), 20*time.Second)
+	waitFor(t, 10*time.Second, "ready again", func() (bool, error) {
+		st := r.s.Status()
+		return st.Ready && st.Revision == rev, fmt.Errorf("%+v", st)
+	})
+	r.stop(t)
+}
+
+// TestReadinessNATSBlackhole: the leader's NATS connection goes through a proxy that
+// black-holes it: the client library still believes it is connected (no RST, its pings are
+// minutes apart by default), but nothing reaches the server. The leader must stop claiming
+// ready within two heartbeat intervals plus one stream check, and recover after.
+func TestReadinessNATSBlackhole(t *testing.T) {
+	t.Parallel()
+	const hb = 200 * time.Millisecond
+	b := setup(t)
+	proxy := harness.NewProxy(t, strings.TrimPrefix(b.nats.URL(), "nats://"))
+	b.syncerNATS = "nats://" + proxy.Addr()
+	r := b.start(t, func(c *syncer.Config) { c.HeartbeatInterval = hb })
+	b.exec(t, `INSERT INTO extensions (id, type, subject) VALUES ('a', 'pre', 'beamline.ext.pre.a.v1')`)
+	b.waitConverged(t, 10*time.Second)
+	waitFor(t, 10*time.Second, "ready", func() (bool, error) { return r.s.Status().Ready, nil })
+	proxy.Stall()
+	stalled := time.Now()
+	waitFor(t, 2*hb+6*time.Second, "not ready with NATS black-holed", func() (bool, error) { return !r.s.Status().Ready, nil })
+	t.Logf("black hole: not ready %s after the stall (heartbeat %s): %q", time.Since(stalled).Round(time.Millisecond), hb, r.s.Status().Reason)
+	proxy.Resume()
+	rev := b.exec(t, `UPDATE extensions SET retry = 1 WHERE id = 'a'`)
+	b.waitPublished(t, rev, time.Now(), 30*time.Second)
+	waitFor(t, 10*time.Second, "ready again", func() (bool, error) { return r.s.Status().Ready, nil })
+	r.stop(t)
 }

@@ -26,6 +26,8 @@ type testBundle struct {
 	nc     *nats.Conn
 	reader *protocol.Reader
 	prefix string
+	// syncerNATS, when set, is the NATS URL syncers started by start connect to (a proxy).
+	syncerNATS string
 }
 
 func setup(t *testing.T) *testBundle {
@@ -80,6 +82,13 @@ func (b *testBundle) start(t *testing.T, mod func(*syncer.Config)) *running {
 		mod(&cfg)
 	}
 	nc := b.nats.Connect(t, nats.Name("syncer"))
+	if b.syncerNATS != "" {
+		var err error
+		if nc, err = nats.Connect(b.syncerNATS, nats.Name("syncer"), nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond)); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+	}
 	reg := prometheus.NewRegistry()
 	m := syncer.NewMetrics(reg)
 	s, err := syncer.New(cfg, nc, publisher.Config{Prefix: b.prefix}, slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})), m)
