@@ -119,7 +119,6 @@ func (s *Syncer) lead(ctx context.Context) error {
 func (s *Syncer) ensureStreams(ctx context.Context) error {
 	for attempt := 1; ; attempt++ {
 		err := s.pub.EnsureStreams(ctx)
-		s.metrics.NATSUp.Set(boolGauge(err == nil))
 		if err == nil {
 			return nil
 		}
@@ -421,13 +420,11 @@ func (s *Syncer) publishDelta(ctx context.Context, d *protocol.Delta, next *cach
 		}
 		seq = max(seq, stored)
 		if err == nil {
-			s.metrics.NATSUp.Set(1)
 			break
 		}
 		if ctx.Err() != nil {
 			return ctx.Err() // stopping (or the leadership was lost): not a publish error
 		}
-		s.metrics.NATSUp.Set(0)
 		s.metrics.PublishErrors.Inc()
 		if errors.Is(err, jetstream.ErrNoStreamResponse) || isStreamMissing(err) {
 			// The stream is gone (deleted, or lost with the server's store). Only
@@ -608,7 +605,6 @@ func (s *Syncer) checkStream(ctx context.Context) {
 	defer cancel()
 	last, err := s.pub.LastDelta(cctx)
 	if err != nil {
-		s.metrics.NATSUp.Set(0)
 		if !errors.Is(err, protocol.ErrNoStream) && !isStreamMissing(err) {
 			return
 		}
@@ -617,7 +613,6 @@ func (s *Syncer) checkStream(ctx context.Context) {
 		}
 		last = nil
 	}
-	s.metrics.NATSUp.Set(1)
 	if m, err := s.pub.Reader().Manifest(cctx); errors.Is(err, protocol.ErrNotFound) || errors.Is(err, protocol.ErrNoStream) || (err == nil && m.Revision < s.written.Load()) {
 		s.log.WarnContext(ctx, "syncer: the stored snapshot is missing or older than written; rewriting it")
 		s.snapForce.Store(true)
