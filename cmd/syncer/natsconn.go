@@ -55,7 +55,7 @@ func connectNATS(ctx context.Context, cfg *config, log *slog.Logger, retryAtStar
 		nats.MaxPingsOutstanding(n.MaxPingsOut),
 		nats.CustomReconnectDelay(w.reconnectDelay),
 		nats.DrainTimeout(drainTimeout),
-		nats.ConnectHandler(w.connected),
+		nats.ConnectHandler(w.onConnect),
 		nats.DisconnectErrHandler(w.disconnected),
 		nats.ReconnectHandler(w.reconnected),
 		nats.ReconnectErrHandler(w.attemptFailed),
@@ -120,8 +120,10 @@ type natsWatcher struct {
 	cfg  *config
 	auth string // the variables that hold the credentials, for the messages
 
-	nc      atomic.Pointer[nats.Conn] // set once Connect returned
-	attempt atomic.Int64              // the reconnect attempt under way
+	nc        atomic.Pointer[nats.Conn] // set once Connect returned
+	attempt   atomic.Int64              // the reconnect attempt under way
+	connected atomic.Bool               // once connected
+	first     atomic.Bool               // the failure of the first connection was logged
 }
 
 // reconnectDelay is nats.CustomReconnectDelay: nats.go calls it, before each attempt,
@@ -152,7 +154,11 @@ func (w *natsWatcher) attemptFailed(_ *nats.Conn, err error) {
 	if err == nil {
 		return
 	}
-	w.logFailure(err, slog.Int64("attempt", w.attempt.Load()))
+	attempt := w.attempt.Load()
+	if !w.connected.Load() && !w.first.Swap(true) {
+		attempt = 0 // the first connection, before any retry
+	}
+	w.logFailure(err, slog.Int64("attempt", attempt))
 }
 
 func (w *natsWatcher) logFailure(err error, attrs ...slog.Attr) {
@@ -168,7 +174,8 @@ func (w *natsWatcher) logFailure(err error, attrs ...slog.Attr) {
 	w.log.LogAttrs(w.ctx, slog.LevelWarn, msg, attrs...)
 }
 
-func (w *natsWatcher) connected(nc *nats.Conn) {
+func (w *natsWatcher) onConnect(nc *nats.Conn) {
+	w.connected.Store(true)
 	w.log.InfoContext(w.ctx, "nats: connected", slog.String("url", redactNATSURL(nc.ConnectedUrl())),
 		slog.String("server", nc.ConnectedServerName()), slog.Int64("max_payload", nc.MaxPayload()))
 }
@@ -192,10 +199,12 @@ func (w *natsWatcher) disconnected(_ *nats.Conn, err error) {
 	}
 }
 
-func (w *natsWatcher) asyncError(_ *nats.Conn, sub *nats.Subscription, err error) {
+func (w *natsWatcher) asyncError(nc *nats.Conn, sub *nats.Subscription, err error) {
 	if sub == nil && natsErrorKind(err) == "auth" {
-		// A refusal while reconnecting (reconnectDelay logs it with the attempt) or
-		// an expired or revoked authentication: the connection is dropped and retried.
+		if st := nc.Status(); st == nats.RECONNECTING || st == nats.CONNECTING {
+			return // a refusal of a reconnect attempt: reconnectDelay logs it with the attempt
+		}
+		// An expired or revoked authentication: the connection is dropped and retried.
 		w.log.WarnContext(w.ctx, "nats: authentication error", slog.String("error", describeNATSError(err, w.auth)))
 		return
 	}
