@@ -2,9 +2,18 @@ package main
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"log/slog"
+	"math/big"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -452,5 +461,95 @@ func TestConfigNATS(t *testing.T) {
 				t.Error("the error shows a seed")
 			}
 		})
+	}
+}
+
+// testCA is a certificate authority for one test.
+type testCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	pem  []byte
+}
+
+func newTestCA(t *testing.T, name string) *testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: name},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IsCA:                  true,
+		KeyUsage:              x509.KeyUsageCertSign,
+		BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
+}
+
+// serverTLS is a TLS configuration for 127.0.0.1 with a certificate the CA signed.
+func (ca *testCA) serverTLS(t *testing.T) *tls.Config {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2),
+		Subject:      pkix.Name{CommonName: "nats"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
+}
+
+// TestNATSTLSRetry: a server whose certificate the syncer does not trust is retried
+// with the cause logged until it presents one that it trusts.
+func TestNATSTLSRetry(t *testing.T) {
+	t.Parallel()
+	trusted, other := newTestCA(t, "trusted"), newTestCA(t, "other")
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, trusted.pem, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	withCert := func(ca *testCA) func(*server.Options) {
+		conf := ca.serverTLS(t)
+		return func(o *server.Options) { o.TLS, o.TLSConfig, o.TLSTimeout = true, conf, 2 }
+	}
+	schema := harness.PG(t).NewSchema(t)
+	ns := harness.NewNATS(t, harness.NATSOptions{Configure: withCert(other)})
+	url := fmt.Sprintf("tls://127.0.0.1:%d", ns.Port)
+	d := startDaemon(t, "syncer", daemonEnv(schema, url, "test.tls", envMap{"EXTENSION_REGISTRY_NATS_TLS_CA": caFile}))
+	const msgTLS = `"msg":"nats: TLS failed, retrying"`
+	eventually(t, 20*time.Second, "three TLS failures logged", func() bool { return d.log.count(msgTLS) >= 3 })
+	ns.Reconfigure(withCert(trusted))
+	if err := ns.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	took := eventually(t, 20*time.Second, "connected once trusted", func() bool { return d.log.count(msgConnected) == 1 })
+	t.Logf("connected %s after the server presented a trusted certificate", took)
+	waitReady(t, d.base)
+	_, log := d.stop(t)
+	for _, want := range []string{`"kind":"tls"`, "certificate signed by unknown authority"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("the log lacks %q", want)
+		}
 	}
 }
