@@ -313,6 +313,14 @@ func loadConfig(lookup func(string) (string, bool)) (*config, error) {
 		}
 		ways = append(ways, vars[name].Key)
 	}
+	if len(ways) > 0 {
+		for _, srv := range c.NATS.Servers {
+			if u, err := url.Parse(srv); err == nil && u.User != nil {
+				fail("NATS_URL", "holds credentials (user@ or user:password@): not with "+strings.Join(ways, " or "))
+				break
+			}
+		}
+	}
 	check("NATS_PING_INTERVAL", s.NATSPingInterval >= 100*time.Millisecond)
 	check("NATS_MAX_PINGS_OUTSTANDING", s.NATSMaxPingsOut >= 1 && s.NATSMaxPingsOut <= 10)
 	if (s.NATSTLSCert == "") != (s.NATSTLSKey == "") {

@@ -441,6 +441,8 @@ func TestConfigNATS(t *testing.T) {
 			}},
 		{"TokenAndUser", envMap{"EXTENSION_REGISTRY_NATS_TOKEN": "tok", "EXTENSION_REGISTRY_NATS_USER": "u", "EXTENSION_REGISTRY_NATS_PASSWORD": "p"},
 			[]string{"EXTENSION_REGISTRY_NATS_TOKEN: use one way to authenticate: not with EXTENSION_REGISTRY_NATS_USER"}},
+		{"URLAndNKey", envMap{"EXTENSION_REGISTRY_NATS_NKEY": file, "EXTENSION_REGISTRY_NATS_URL": "nats://a:4222,nats://u:url-secret-pw@b:4222"},
+			[]string{`EXTENSION_REGISTRY_NATS_URL: holds credentials (user@ or user:password@): not with EXTENSION_REGISTRY_NATS_NKEY (got "nats://a:4222,nats://u:xxxxx@b:4222")`}},
 		{"PingInterval", envMap{"EXTENSION_REGISTRY_NATS_PING_INTERVAL": "10ms"},
 			[]string{`EXTENSION_REGISTRY_NATS_PING_INTERVAL: must be a duration of at least 100ms such as 2s (got "10ms")`}},
 		{"MaxPings", envMap{"EXTENSION_REGISTRY_NATS_MAX_PINGS_OUTSTANDING": "0"},
