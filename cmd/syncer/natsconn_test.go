@@ -555,3 +555,23 @@ func TestNATSTLSRetry(t *testing.T) {
 		}
 	}
 }
+
+func TestReconnectBackoff(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		attempt  int
+		min, max time.Duration
+	}{
+		{1, 200 * time.Millisecond, 300 * time.Millisecond},
+		{2, 400 * time.Millisecond, 600 * time.Millisecond},
+		{5, 3200 * time.Millisecond, 4800 * time.Millisecond},
+		{6, 4 * time.Second, 6 * time.Second},
+		{1000, 4 * time.Second, 6 * time.Second},
+	} {
+		for range 100 {
+			if d := reconnectBackoff(tt.attempt); d < tt.min || d > tt.max {
+				t.Fatalf("attempt %d: %s, want %s..%s", tt.attempt, d, tt.min, tt.max)
+			}
+		}
+	}
+}
