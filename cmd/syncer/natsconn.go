@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -38,7 +39,7 @@ const (
 // is unavailable).
 func connectNATS(ctx context.Context, cfg *config, log *slog.Logger, retryAtStart bool) (*nats.Conn, <-chan struct{}, error) {
 	n := cfg.NATS
-	w := &natsWatcher{ctx: ctx, log: log, cfg: cfg, auth: natsAuthVariables(&n)}
+	w := &natsWatcher{ctx: ctx, log: log, cfg: cfg, auth: natsAuthVariables(&n), secrets: natsSecrets(&n)}
 	closed := make(chan struct{})
 	var once sync.Once
 	opts := []nats.Option{
@@ -85,7 +86,7 @@ func connectNATS(ctx context.Context, cfg *config, log *slog.Logger, retryAtStar
 	}
 	nc, err := nats.Connect(strings.Join(n.Servers, ","), opts...)
 	if err != nil {
-		return nil, nil, fmt.Errorf("connect to NATS at %s: %w%s", cfg.RedactedNATSServers(), err, authHint(err, w.auth))
+		return nil, nil, fmt.Errorf("connect to NATS at %s: %s", cfg.RedactedNATSServers(), w.describe(err))
 	}
 	w.nc.Store(nc)
 	if !nc.IsConnected() {
@@ -107,7 +108,7 @@ func registerNATSMetrics(reg prometheus.Registerer, nc *nats.Conn) {
 				return 0
 			}),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "registry_syncer", Name: "nats_reconnects_total",
-			Help: "Times the NATS connection was established again after a disconnect."},
+			Help: "Connections made to a NATS server after a disconnect (as nats.go counts them: one the server then refuses counts too)."},
 			func() float64 { return float64(nc.Stats().Reconnects) }),
 	)
 }
@@ -115,10 +116,11 @@ func registerNATSMetrics(reg prometheus.Registerer, nc *nats.Conn) {
 // natsWatcher holds the connection's handlers: it logs every change of state and the
 // cause of every failed attempt, and paces the attempts.
 type natsWatcher struct {
-	ctx  context.Context
-	log  *slog.Logger
-	cfg  *config
-	auth string // the variables that hold the credentials, for the messages
+	ctx     context.Context
+	log     *slog.Logger
+	cfg     *config
+	auth    string   // the variables that hold the credentials, for the messages
+	secrets []string // masked in what is logged
 
 	nc        atomic.Pointer[nats.Conn] // set once Connect returned
 	attempt   atomic.Int64              // the reconnect attempt under way
@@ -169,7 +171,7 @@ func (w *natsWatcher) logFailure(err error, attrs ...slog.Attr) {
 	case "tls":
 		msg = "nats: TLS failed, retrying"
 	}
-	attrs = append(attrs, slog.String("kind", natsErrorKind(err)), slog.String("error", describeNATSError(err, w.auth)),
+	attrs = append(attrs, slog.String("kind", natsErrorKind(err)), slog.String("error", w.describe(err)),
 		slog.String("servers", w.cfg.RedactedNATSServers()))
 	w.log.LogAttrs(w.ctx, slog.LevelWarn, msg, attrs...)
 }
@@ -195,7 +197,7 @@ func (w *natsWatcher) disconnected(_ *nats.Conn, err error) {
 			slog.Duration("detection_bound", time.Duration(n.MaxPingsOut+1)*n.PingInterval))
 	default:
 		w.log.WarnContext(w.ctx, "nats: disconnected, reconnecting", slog.String("kind", natsErrorKind(err)),
-			slog.String("error", describeNATSError(err, w.auth)))
+			slog.String("error", w.describe(err)))
 	}
 }
 
@@ -205,14 +207,14 @@ func (w *natsWatcher) asyncError(nc *nats.Conn, sub *nats.Subscription, err erro
 			return // a refusal of a reconnect attempt: reconnectDelay logs it with the attempt
 		}
 		// An expired or revoked authentication: the connection is dropped and retried.
-		w.log.WarnContext(w.ctx, "nats: authentication error", slog.String("error", describeNATSError(err, w.auth)))
+		w.log.WarnContext(w.ctx, "nats: authentication error", slog.String("error", w.describe(err)))
 		return
 	}
 	subject := ""
 	if sub != nil {
 		subject = sub.Subject
 	}
-	w.log.ErrorContext(w.ctx, "nats: asynchronous error", slog.String("subject", subject), slog.Any("error", err))
+	w.log.ErrorContext(w.ctx, "nats: asynchronous error", slog.String("subject", subject), slog.String("error", w.describe(err)))
 }
 
 // natsErrorKind sorts a connection error: auth (the server refused the credentials),
@@ -238,9 +240,39 @@ func natsErrorKind(err error) string {
 	return "network"
 }
 
-// describeNATSError is err with a hint for authentication errors. The errors of
-// nats.go never hold a password, token or seed.
-func describeNATSError(err error, auth string) string { return err.Error() + authHint(err, auth) }
+// describe is err for a log: with a hint for authentication errors, and with every
+// configured secret masked. The errors of nats.go hold no password or token today;
+// the mask keeps a future one from leaking it.
+func (w *natsWatcher) describe(err error) string {
+	text := err.Error()
+	for _, secret := range w.secrets {
+		text = strings.ReplaceAll(text, secret, "xxxxx")
+	}
+	return text + authHint(err, w.auth)
+}
+
+// natsSecrets lists the secrets of n that an error could quote: the password, the
+// token, and the credentials in the server URLs.
+func natsSecrets(n *natsConfig) []string {
+	var out []string
+	add := func(s string) {
+		if len(s) >= 3 { // shorter ones would mask ordinary words
+			out = append(out, s)
+		}
+	}
+	add(n.Password)
+	add(n.Token)
+	for _, srv := range n.Servers {
+		if u, err := url.Parse(srv); err == nil && u.User != nil {
+			if pw, ok := u.User.Password(); ok {
+				add(pw)
+			} else {
+				add(u.User.Username()) // a token
+			}
+		}
+	}
+	return out
+}
 
 // authHint says where the refused credentials came from ("" unless err is an
 // authentication error).

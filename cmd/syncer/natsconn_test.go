@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 
 	"github.com/beamline/registry-syncer/syncer"
@@ -573,5 +574,22 @@ func TestReconnectBackoff(t *testing.T) {
 				t.Fatalf("attempt %d: %s, want %s..%s", tt.attempt, d, tt.min, tt.max)
 			}
 		}
+	}
+}
+
+// TestNATSErrorsMaskSecrets: should a NATS error ever quote a configured secret, the
+// log shows it masked.
+func TestNATSErrorsMaskSecrets(t *testing.T) {
+	t.Parallel()
+	n := &natsConfig{User: "u", Password: "pw-in-env", Token: "", Servers: []string{"nats://url-token@a:4222", "nats://u2:url-pw@b:4222"}}
+	w := &natsWatcher{secrets: natsSecrets(n), auth: natsAuthVariables(n)}
+	got := w.describe(fmt.Errorf("server said pw-in-env, url-token and url-pw: %w", nats.ErrAuthorization))
+	for _, secret := range []string{"pw-in-env", "url-token", "url-pw"} {
+		if strings.Contains(got, secret) {
+			t.Errorf("%q shows %q", got, secret)
+		}
+	}
+	if !strings.Contains(got, "(credentials from EXTENSION_REGISTRY_NATS_USER and EXTENSION_REGISTRY_NATS_PASSWORD)") {
+		t.Errorf("%q lacks the hint", got)
 	}
 }
