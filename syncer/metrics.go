@@ -22,7 +22,6 @@ type Metrics struct {
 	Extensions        prometheus.Gauge
 	Leader            prometheus.Gauge
 	DatabaseUp        prometheus.Gauge
-	NATSUp            prometheus.Gauge
 	Lag               prometheus.Histogram
 }
 
@@ -53,7 +52,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Extensions:        g("extensions", "Extensions in the published snapshot."),
 		Leader:            g("leader", "1 while this process is the publishing leader."),
 		DatabaseUp:        g("database_up", "1 while the database answers."),
-		NATSUp:            g("nats_up", "1 while the NATS connection is up."),
 		Lag: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "registry_syncer", Name: "commit_to_publish_seconds",
 			Help:    "Time from a registry transaction's commit to its delta being stored and announced.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
@@ -62,7 +60,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		reg.MustRegister(m.Notifications, m.Revisions, m.PublishErrors, m.Republished, m.ReconcileRuns,
 			m.ReconcileRepairs, m.DriftExtensions, m.ApplyErrors, m.TimelineChanges, m.SnapshotWrites, m.ListenerReconnect,
 			m.LastPublished, m.DatabaseRevision, m.SnapshotRevision, m.SnapshotBytes, m.Extensions, m.Leader,
-			m.DatabaseUp, m.NATSUp, m.Lag)
+			m.DatabaseUp, m.Lag)
 	}
 	return m
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/hashicorp/go-multierror"
 	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nkeys"
 
 	"github.com/beamline/registry-syncer/listener"
 	"github.com/beamline/registry-syncer/protocol"
@@ -48,9 +49,13 @@ type spec struct {
 	NATSUser     string `envconfig:"NATS_USER" expect:"a user name" desc:"NATS user (with NATS_PASSWORD)."`
 	NATSPassword string `envconfig:"NATS_PASSWORD" secret:"true" desc:"NATS password (with NATS_USER). Never logged."`
 	NATSToken    string `envconfig:"NATS_TOKEN" secret:"true" desc:"NATS authentication token (instead of a user or credentials). Never logged."`
+	NATSNKey     string `envconfig:"NATS_NKEY" expect:"a readable file holding an NKey user seed (SU...)" desc:"File holding an NKey user seed (SU…, as nsc or nk -gen user writes it) to authenticate with, instead of a user, token or credentials file. The seed is read when the server asks for a signature and never logged."`
 	NATSTLSCA    string `envconfig:"NATS_TLS_CA" expect:"a readable PEM file" desc:"PEM file of the CA that signed the NATS server certificates (turns TLS on)."`
 	NATSTLSCert  string `envconfig:"NATS_TLS_CERT" expect:"a readable PEM file" desc:"PEM client certificate for NATS mutual TLS (with NATS_TLS_KEY)."`
 	NATSTLSKey   string `envconfig:"NATS_TLS_KEY" expect:"a readable PEM file" desc:"PEM private key of NATS_TLS_CERT."`
+
+	NATSPingInterval time.Duration `envconfig:"NATS_PING_INTERVAL" default:"2s" expect:"a duration of at least 100ms such as 2s" desc:"How often the NATS connection is pinged. A connection that leaves more than NATS_MAX_PINGS_OUTSTANDING pings unanswered is stale: it is dropped with a warning and every server of NATS_URL is tried again, so a silent network (a black hole) is found within (NATS_MAX_PINGS_OUTSTANDING + 1) × NATS_PING_INTERVAL, 6s by default."`
+	NATSMaxPingsOut  int           `envconfig:"NATS_MAX_PINGS_OUTSTANDING" default:"2" expect:"an integer in 1..10" desc:"Pings left unanswered before the NATS connection counts as stale (see NATS_PING_INTERVAL)."`
 
 	Source              string `envconfig:"SOURCE" default:"database" expect:"one of database, fixtures, auto" desc:"Where the registry comes from: database, fixtures (the fixture files, no database), or auto (fixtures until the database answers, then the database)."`
 	SyncIntervalSeconds int    `envconfig:"SYNC_INTERVAL_SECONDS" default:"60" expect:"a positive integer" desc:"Seconds between two full reconciles of the published registry against the database (drift is repaired under a new revision)."`
@@ -164,9 +169,14 @@ type natsConfig struct {
 	User     string
 	Password string
 	Token    string
+	NKey     string // path of the NKey user seed file
 	TLSCA    string
 	TLSCert  string
 	TLSKey   string
+	// PingInterval and MaxPingsOut bound how long a silent connection goes unnoticed:
+	// (MaxPingsOut+1) × PingInterval.
+	PingInterval time.Duration
+	MaxPingsOut  int
 }
 
 // RedactedDatabaseURL is the database URL without its password.
@@ -275,10 +285,14 @@ func loadConfig(lookup func(string) (string, bool)) (*config, error) {
 		}
 		c.NATS.Servers = servers
 	}
-	for _, name := range []string{"NATS_CREDS", "NATS_TLS_CA", "NATS_TLS_CERT", "NATS_TLS_KEY"} {
+	for _, name := range []string{"NATS_CREDS", "NATS_NKEY", "NATS_TLS_CA", "NATS_TLS_CERT", "NATS_TLS_KEY"} {
 		if raw[name] != "" {
 			if detail := checkFile(raw[name]); detail != "" {
 				fail(name, detail)
+			} else if name == "NATS_NKEY" {
+				if detail := checkNKeySeedFile(raw[name]); detail != "" {
+					fail(name, detail)
+				}
 			}
 		}
 	}
@@ -288,12 +302,28 @@ func loadConfig(lookup func(string) (string, bool)) (*config, error) {
 	case s.NATSUser == "" && s.NATSPassword != "":
 		fail("NATS_PASSWORD", "set "+vars["NATS_USER"].Key+" too")
 	}
-	if s.NATSToken != "" && (s.NATSUser != "" || s.NATSCreds != "") {
-		fail("NATS_TOKEN", "use one way to authenticate: not with "+vars["NATS_USER"].Key+" or "+vars["NATS_CREDS"].Key)
+	// One way to authenticate: each way after the first one set is a problem that names
+	// the ones before it.
+	var ways []string
+	for _, name := range []string{"NATS_CREDS", "NATS_USER", "NATS_TOKEN", "NATS_NKEY"} {
+		if raw[name] == "" {
+			continue
+		}
+		if len(ways) > 0 {
+			fail(name, "use one way to authenticate: not with "+strings.Join(ways, " or "))
+		}
+		ways = append(ways, vars[name].Key)
 	}
-	if s.NATSCreds != "" && s.NATSUser != "" {
-		fail("NATS_CREDS", "use one way to authenticate: not with "+vars["NATS_USER"].Key)
+	if len(ways) > 0 {
+		for _, srv := range c.NATS.Servers {
+			if u, err := url.Parse(srv); err == nil && u.User != nil {
+				fail("NATS_URL", "holds credentials (user@ or user:password@): not with "+strings.Join(ways, " or "))
+				break
+			}
+		}
 	}
+	check("NATS_PING_INTERVAL", s.NATSPingInterval >= 100*time.Millisecond)
+	check("NATS_MAX_PINGS_OUTSTANDING", s.NATSMaxPingsOut >= 1 && s.NATSMaxPingsOut <= 10)
 	if (s.NATSTLSCert == "") != (s.NATSTLSKey == "") {
 		if s.NATSTLSCert == "" {
 			fail("NATS_TLS_KEY", "set "+vars["NATS_TLS_CERT"].Key+" too")
@@ -302,7 +332,9 @@ func loadConfig(lookup func(string) (string, bool)) (*config, error) {
 		}
 	}
 	c.NATS.Creds, c.NATS.User, c.NATS.Password, c.NATS.Token = s.NATSCreds, s.NATSUser, s.NATSPassword, s.NATSToken
+	c.NATS.NKey = s.NATSNKey
 	c.NATS.TLSCA, c.NATS.TLSCert, c.NATS.TLSKey = s.NATSTLSCA, s.NATSTLSCert, s.NATSTLSKey
+	c.NATS.PingInterval, c.NATS.MaxPingsOut = s.NATSPingInterval, s.NATSMaxPingsOut
 
 	// Source and fixtures.
 	check("SOURCE", oneOf(s.Source, syncer.SourceDatabase, syncer.SourceFixtures, syncer.SourceAuto))
@@ -448,6 +480,42 @@ func checkFile(path string) string {
 		return "is a directory, not a file"
 	}
 	return ""
+}
+
+// checkNKeySeedFile returns what is wrong with an NKey seed file ("" when it holds a
+// user seed), never quoting the file: it is a secret.
+func checkNKeySeedFile(path string) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return "cannot read it: " + err.Error()
+	}
+	defer clear(data)
+	kp, err := nkeys.ParseDecoratedUserNKey(data)
+	if err != nil {
+		return "must be a file holding an NKey user seed (SU...): " + nkeySeedProblem(err)
+	}
+	kp.Wipe()
+	return ""
+}
+
+// nkeySeedProblem says why a seed file was refused, in words of ours: the nkeys errors
+// are fixed strings, but a seed must never reach a log through a future one.
+func nkeySeedProblem(err error) string {
+	switch {
+	case errors.Is(err, nkeys.ErrNoSeedFound):
+		return "it holds no seed"
+	case errors.Is(err, nkeys.ErrInvalidNkeySeed), errors.Is(err, nkeys.ErrInvalidSeed),
+		errors.Is(err, nkeys.ErrInvalidPrefixByte), errors.Is(err, nkeys.ErrInvalidEncoding),
+		errors.Is(err, nkeys.ErrInvalidChecksum), errors.Is(err, nkeys.ErrInvalidSeedLen):
+		return "its seed is malformed"
+	case errors.Is(err, nkeys.ErrInvalidUserSeed):
+		return "it holds a seed of another kind (operator or account), not a user seed"
+	}
+	return "its seed cannot be used"
 }
 
 // buildDatabaseURL makes the connection URL from the DB_* parts, every part escaped. A

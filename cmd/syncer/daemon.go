@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -62,6 +61,7 @@ func daemon(ctx context.Context, cfg *config, log *slog.Logger) error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	registerNATSMetrics(reg, nc)
 	s, err := syncer.New(cfg.Syncer, nc, cfg.Publisher, log, syncer.NewMetrics(reg))
 	if err != nil {
 		nc.Close()
@@ -103,67 +103,6 @@ func daemon(ctx context.Context, cfg *config, log *slog.Logger) error {
 	}
 	log.InfoContext(ctx, "syncer: shutdown complete")
 	return runErr
-}
-
-// connectNATS connects to the configured servers. The returned channel is closed when
-// the connection is closed for good.
-// With retryAtStart, unreachable servers are retried in the background (the daemon);
-// without, Connect fails at once (watch, which must say NATS is unavailable).
-func connectNATS(ctx context.Context, cfg *config, log *slog.Logger, retryAtStart bool) (*nats.Conn, <-chan struct{}, error) {
-	closed := make(chan struct{})
-	var once sync.Once
-	opts := []nats.Option{
-		nats.Name("registry-syncer"),
-		nats.MaxReconnects(-1),
-		nats.ReconnectWait(250 * time.Millisecond),
-		// NATS down at start is an outage like any other: keep trying in the background
-		// (the syncer retries its stream set-up) instead of exiting.
-		nats.RetryOnFailedConnect(retryAtStart),
-		nats.DrainTimeout(drainTimeout),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			if err != nil {
-				log.WarnContext(ctx, "nats: disconnected, reconnecting", slog.Any("error", err))
-			}
-		}),
-		nats.ReconnectHandler(func(nc *nats.Conn) {
-			log.InfoContext(ctx, "nats: reconnected", slog.String("url", redactNATSURL(nc.ConnectedUrl())))
-		}),
-		nats.ClosedHandler(func(*nats.Conn) { once.Do(func() { close(closed) }) }),
-		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
-			subject := ""
-			if sub != nil {
-				subject = sub.Subject
-			}
-			log.ErrorContext(ctx, "nats: asynchronous error", slog.String("subject", subject), slog.Any("error", err))
-		}),
-	}
-	n := cfg.NATS
-	if n.Creds != "" {
-		opts = append(opts, nats.UserCredentials(n.Creds))
-	}
-	if n.User != "" {
-		opts = append(opts, nats.UserInfo(n.User, n.Password))
-	}
-	if n.Token != "" {
-		opts = append(opts, nats.Token(n.Token))
-	}
-	if n.TLSCA != "" {
-		opts = append(opts, nats.RootCAs(n.TLSCA))
-	}
-	if n.TLSCert != "" {
-		opts = append(opts, nats.ClientCert(n.TLSCert, n.TLSKey))
-	}
-	nc, err := nats.Connect(strings.Join(n.Servers, ","), opts...)
-	if err != nil {
-		return nil, nil, fmt.Errorf("connect to NATS at %s: %w", cfg.RedactedNATSServers(), err)
-	}
-	if nc.IsConnected() {
-		log.InfoContext(ctx, "nats: connected", slog.String("url", redactNATSURL(nc.ConnectedUrl())),
-			slog.String("server", nc.ConnectedServerName()), slog.Int64("max_payload", nc.MaxPayload()))
-	} else {
-		log.WarnContext(ctx, "nats: not reachable yet, retrying in the background", slog.String("servers", cfg.RedactedNATSServers()))
-	}
-	return nc, closed, nil
 }
 
 // drain drains the connection (what is buffered goes out) and waits until it is closed.

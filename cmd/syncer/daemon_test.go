@@ -276,7 +276,7 @@ func TestRunNATSUnreachable(t *testing.T) {
 		"EXTENSION_REGISTRY_HTTP_ADDR": "",
 		"EXTENSION_REGISTRY_SOURCE":    "fixtures",
 	}, "run")
-	if r.code != 0 || !strings.Contains(r.stderr, "nats: not reachable yet") || !strings.Contains(r.stderr, "nats://user:xxxxx@"+addr) {
+	if r.code != 0 || !strings.Contains(r.stderr, "nats: not connected yet") || !strings.Contains(r.stderr, "nats://user:xxxxx@"+addr) {
 		t.Fatalf("exit %d, want 0 after logging the redacted server as unreachable; stderr:\n%s", r.code, r.stderr)
 	}
 	if strings.Contains(r.stderr, "nats-secret-pw") {

@@ -23,11 +23,15 @@ type NATS struct {
 	srv *server.Server
 	// MaxPayload overrides the server's max_payload when set before Start.
 	maxPayload int32
+	configure  func(*server.Options)
 }
 
 // NATSOptions tunes an in-process server.
 type NATSOptions struct {
 	MaxPayload int32 // 0: server default (1 MiB)
+	// Configure, when set, adjusts the server's options before each start
+	// (authentication, TLS). Reconfigure replaces it for the next starts.
+	Configure func(*server.Options)
 }
 
 // StartNATS starts a server on a free port with a store in a new directory.
@@ -36,7 +40,7 @@ func StartNATS(opts NATSOptions) (*NATS, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &NATS{StoreDir: dir, Port: -1, maxPayload: opts.MaxPayload}
+	n := &NATS{StoreDir: dir, Port: -1, maxPayload: opts.MaxPayload, configure: opts.Configure}
 	if err := n.Start(); err != nil {
 		_ = os.RemoveAll(dir)
 		return nil, err
@@ -72,6 +76,9 @@ func (n *NATS) Start() error {
 		// Small enough to exercise multi-chunk snapshots in tests that set it lower.
 		MaxPayload: n.maxPayload,
 	}
+	if n.configure != nil {
+		n.configure(o)
+	}
 	var lastErr error
 	for attempt := 0; attempt < 50; attempt++ {
 		srv, err := server.NewServer(o)
@@ -90,6 +97,14 @@ func (n *NATS) Start() error {
 		time.Sleep(100 * time.Millisecond)
 	}
 	return lastErr
+}
+
+// Reconfigure replaces NATSOptions.Configure for the next Start (a Restart with new
+// credentials, say).
+func (n *NATS) Reconfigure(configure func(*server.Options)) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.configure = configure
 }
 
 // URL is the client URL of the server.
