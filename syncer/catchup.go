@@ -106,14 +106,18 @@ func (s *term) caughtUpTo(dbRev int64) {
 }
 
 func (s *term) publishRevision(ctx context.Context, r revision) error {
-	next, _, err := s.snap.Apply(r.Revision, SourceDatabase, r.Changes)
+	held := len(s.withheld)
+	changes, next, err := s.prepare(r.Revision, r.Changes)
 	if err != nil {
-		// Never publish what a router could not apply; stop here and let an operator see it.
+		// Not one aggregate's fault (prepare withholds those): never publish it.
 		s.metrics.ApplyErrors.Inc()
 		return fmt.Errorf("revision %d cannot be applied to the published state, not publishing it: %w", r.Revision, err)
 	}
+	if len(s.withheld) > held {
+		s.metrics.ApplyErrors.Inc()
+	}
 	d := &protocol.Delta{Revision: r.Revision, PrevRevision: s.snap.Revision(), Checksum: next.Checksum(),
-		Count: next.Len(), Source: SourceDatabase, CommittedAt: r.CommittedAt, RegistryID: s.registryID, Changes: r.Changes}
+		Count: next.Len(), Source: SourceDatabase, CommittedAt: r.CommittedAt, RegistryID: s.registryID, Changes: changes}
 	if err := s.publishDelta(ctx, d, next); err != nil {
 		return err
 	}

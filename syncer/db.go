@@ -148,25 +148,62 @@ func extensionFields(e cache.Extension) extensionFieldsDoc {
 		Enabled: e.Enabled, Version: e.Version, Config: e.Config, Metadata: e.Metadata}
 }
 
+// registryRead is the whole registry at one revision: the snapshot of every valid
+// aggregate, and the aggregates that do not validate (left out of the snapshot).
+type registryRead struct {
+	*cache.Snapshot
+	invalid map[string]invalidAggregate
+}
+
+// invalidAggregate is an aggregate the database holds and the router side refuses.
+type invalidAggregate struct {
+	reason string
+	raw    cache.Extension
+}
+
 // readFull reads the whole registry in one snapshot of q (a REPEATABLE READ transaction,
 // or any transaction that holds the revision lock) and returns it with its revision.
-func readFull(ctx context.Context, q querier, source string) (*cache.Snapshot, error) {
+// Aggregates that do not validate are returned apart, never an error: one row must not
+// stop publishing.
+func readFull(ctx context.Context, q querier, source string) (registryRead, error) {
+	exts, rev, err := readRows(ctx, q)
+	if err != nil {
+		return registryRead{}, err
+	}
+	snap, bad, err := splitInvalid(rev, source, exts)
+	if err != nil {
+		return registryRead{}, fmt.Errorf("registry at revision %d: %w", rev, err)
+	}
+	out := registryRead{Snapshot: snap}
+	if len(bad) > 0 {
+		out.invalid = make(map[string]invalidAggregate, len(bad))
+		for _, e := range exts {
+			if reason, ok := bad[e.ID]; ok {
+				out.invalid[e.ID] = invalidAggregate{reason: reason, raw: e}
+			}
+		}
+	}
+	return out, nil
+}
+
+// readRows reads every aggregate as the tables hold it, with the revision counter.
+func readRows(ctx context.Context, q querier) ([]cache.Extension, int64, error) {
 	var rev int64
 	if err := q.QueryRow(ctx, `SELECT revision FROM registry_counter`).Scan(&rev); err != nil {
-		return nil, fmt.Errorf("read revision counter: %w", err)
+		return nil, 0, fmt.Errorf("read revision counter: %w", err)
 	}
 	exts := []cache.Extension{}
 	index := map[string]int{}
 	rows, err := q.Query(ctx, `SELECT id, type, subject, timeout_ms, retry, enabled, version, config, metadata FROM extensions ORDER BY id`)
 	if err != nil {
-		return nil, fmt.Errorf("read extensions: %w", err)
+		return nil, 0, fmt.Errorf("read extensions: %w", err)
 	}
 	for rows.Next() {
 		var e cache.Extension
 		var cfg, md []byte
 		if err := rows.Scan(&e.ID, &e.Type, &e.Subject, &e.TimeoutMS, &e.Retry, &e.Enabled, &e.Version, &cfg, &md); err != nil {
 			rows.Close()
-			return nil, fmt.Errorf("read extensions: %w", err)
+			return nil, 0, fmt.Errorf("read extensions: %w", err)
 		}
 		e.Config, e.Metadata = cfg, md
 		index[e.ID] = len(exts)
@@ -174,11 +211,11 @@ func readFull(ctx context.Context, q querier, source string) (*cache.Snapshot, e
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read extensions: %w", err)
+		return nil, 0, fmt.Errorf("read extensions: %w", err)
 	}
 	rows, err = q.Query(ctx, `SELECT id, version, subject, timeout_ms, retry, enabled, config, metadata, routing_rules FROM extension_versions ORDER BY id, version`)
 	if err != nil {
-		return nil, fmt.Errorf("read extension_versions: %w", err)
+		return nil, 0, fmt.Errorf("read extension_versions: %w", err)
 	}
 	for rows.Next() {
 		var id string
@@ -186,7 +223,7 @@ func readFull(ctx context.Context, q querier, source string) (*cache.Snapshot, e
 		var cfg, md, rr []byte
 		if err := rows.Scan(&id, &v.Version, &v.Subject, &v.TimeoutMS, &v.Retry, &v.Enabled, &cfg, &md, &rr); err != nil {
 			rows.Close()
-			return nil, fmt.Errorf("read extension_versions: %w", err)
+			return nil, 0, fmt.Errorf("read extension_versions: %w", err)
 		}
 		v.Config, v.Metadata, v.RoutingRules = cfg, md, rr
 		if i, ok := index[id]; ok {
@@ -195,18 +232,18 @@ func readFull(ctx context.Context, q querier, source string) (*cache.Snapshot, e
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read extension_versions: %w", err)
+		return nil, 0, fmt.Errorf("read extension_versions: %w", err)
 	}
 	rows, err = q.Query(ctx, `SELECT extension_id, instance_id, subject, weight, enabled, health_status FROM extension_instances ORDER BY extension_id, instance_id`)
 	if err != nil {
-		return nil, fmt.Errorf("read extension_instances: %w", err)
+		return nil, 0, fmt.Errorf("read extension_instances: %w", err)
 	}
 	for rows.Next() {
 		var id string
 		var in cache.Instance
 		if err := rows.Scan(&id, &in.InstanceID, &in.Subject, &in.Weight, &in.Enabled, &in.HealthStatus); err != nil {
 			rows.Close()
-			return nil, fmt.Errorf("read extension_instances: %w", err)
+			return nil, 0, fmt.Errorf("read extension_instances: %w", err)
 		}
 		if i, ok := index[id]; ok {
 			exts[i].Instances = append(exts[i].Instances, in)
@@ -214,24 +251,20 @@ func readFull(ctx context.Context, q querier, source string) (*cache.Snapshot, e
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read extension_instances: %w", err)
+		return nil, 0, fmt.Errorf("read extension_instances: %w", err)
 	}
-	snap, err := cache.New(rev, source, exts)
-	if err != nil {
-		return nil, fmt.Errorf("registry at revision %d: %w", rev, err)
-	}
-	return snap, nil
+	return exts, rev, nil
 }
 
 // readConsistent reads the whole registry in a read-only REPEATABLE READ transaction.
-func readConsistent(ctx context.Context, pool *pgxpool.Pool) (*cache.Snapshot, error) {
-	var snap *cache.Snapshot
+func readConsistent(ctx context.Context, pool *pgxpool.Pool) (registryRead, error) {
+	var r registryRead
 	err := pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 		var err error
-		snap, err = readFull(ctx, tx, "database")
+		r, err = readFull(ctx, tx, SourceDatabase)
 		return err
 	})
-	return snap, err
+	return r, err
 }
 
 // counter reads the last committed revision.

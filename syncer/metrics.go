@@ -13,6 +13,7 @@ type Metrics struct {
 	DriftExtensions   prometheus.Counter
 	ApplyErrors       prometheus.Counter
 	TimelineChanges   prometheus.Counter
+	Withheld          prometheus.Gauge
 	SnapshotWrites    prometheus.Counter
 	ListenerReconnect prometheus.Counter
 	LastPublished     prometheus.Gauge
@@ -43,6 +44,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		DriftExtensions:   c("drift_extensions_total", "Extensions found different from the database by a reconcile."),
 		ApplyErrors:       c("apply_errors_total", "Revisions from the change log that could not be applied (not published)."),
 		TimelineChanges:   c("timeline_changes_total", "Times the database was found on a new timeline (went back in time or was replaced) and its content was published above every published revision."),
+		Withheld:          g("withheld_extensions", "Extensions withheld from publishing because the database holds a version of them the router side refuses (named in /readyz)."),
 		SnapshotWrites:    c("snapshot_writes_total", "Snapshots written to the snapshot stream."),
 		ListenerReconnect: c("listener_reconnects_total", "Reconnects of the LISTEN connection."),
 		LastPublished:     g("last_published_revision", "The last revision published."),
@@ -58,7 +60,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.Notifications, m.Revisions, m.PublishErrors, m.Republished, m.ReconcileRuns,
-			m.ReconcileRepairs, m.DriftExtensions, m.ApplyErrors, m.TimelineChanges, m.SnapshotWrites, m.ListenerReconnect,
+			m.ReconcileRepairs, m.DriftExtensions, m.ApplyErrors, m.TimelineChanges, m.Withheld, m.SnapshotWrites, m.ListenerReconnect,
 			m.LastPublished, m.DatabaseRevision, m.SnapshotRevision, m.SnapshotBytes, m.Extensions, m.Leader,
 			m.DatabaseUp, m.Lag)
 	}

@@ -28,10 +28,14 @@ func (s *term) reconcile(ctx context.Context, pool *pgxpool.Pool) error {
 				"cursor", s.cursor, "database_revision", db.Revision())
 			return nil
 		}
+		s.adoptInvalid(db)
 		if s.snap.Checksum() == db.Checksum() {
 			return s.catchUp(ctx, pool, 0)
 		}
-		drift := s.snap.Diff(db)
+		drift := db.drift(s.snap)
+		if len(drift) == 0 {
+			return s.catchUp(ctx, pool, 0)
+		}
 		if err := s.catchUp(ctx, pool, 0); err != nil {
 			return err
 		}
@@ -98,7 +102,7 @@ func (s *term) syncToDB(ctx context.Context, pool *pgxpool.Pool, base *cache.Sna
 	if err != nil {
 		return 0, fmt.Errorf("sync: %w", err)
 	}
-	ids := base.Diff(db)
+	ids := db.drift(base)
 	if len(ids) == 0 && !always {
 		return 0, nil
 	}
@@ -118,4 +122,50 @@ func (s *term) syncToDB(ctx context.Context, pool *pgxpool.Pool, base *cache.Sna
 	}
 	s.log.InfoContext(ctx, "syncer: wrote a sync revision", "revision", rev, "extensions", len(ids), "floor", floor)
 	return rev, nil
+}
+
+// drift lists the aggregates in which published differs from the valid part of the
+// database read (those the database holds invalid are withheld, not drift).
+func (db registryRead) drift(published *cache.Snapshot) []string {
+	ids := published.Diff(db.Snapshot)
+	if len(db.invalid) == 0 {
+		return ids
+	}
+	out := ids[:0]
+	for _, id := range ids {
+		if _, bad := db.invalid[id]; !bad {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// adoptInvalid brings the withheld set in line with a full read at the cursor's revision:
+// every aggregate the database holds invalid is withheld with the database's version as
+// its shadow; a withheld aggregate the database now holds valid and as published (or
+// holds no more, as published) is simply released. One the database holds valid but
+// different is drift: the repair publishes it whole, and that releases it.
+func (s *term) adoptInvalid(db registryRead) {
+	changed := false
+	for id, bad := range db.invalid {
+		a := s.withhold(id, bad.reason, db.Revision())
+		raw := cloneAggregate(&bad.raw)
+		a.shadow, a.Reason = &raw, bad.reason
+		changed = true
+	}
+	for id := range s.withheld {
+		if _, bad := db.invalid[id]; bad {
+			continue
+		}
+		pub, inPub := s.snap.Hash(id)
+		cur, inDB := db.Hash(id)
+		if inPub == inDB && pub == cur {
+			delete(s.withheld, id)
+			changed = true
+			s.log.Info("syncer: a withheld extension is valid and published as it is", "extension", id)
+		}
+	}
+	if changed {
+		s.noteWithheld()
+	}
 }

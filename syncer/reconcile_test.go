@@ -3,6 +3,7 @@ package syncer_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -156,65 +157,88 @@ func TestPeriodicReconcileRepairsDrift(t *testing.T) {
 	r.stop(t)
 }
 
-// TestUnapplicableRevisionIsNotPublished commits a row the router could not use (the CHECK
-// constraint that refuses it was dropped): the syncer refuses to publish that revision —
-// it stops, counts it, reports not ready, and retries with backoff rather than spinning.
-// Nothing wrong reaches NATS; the published state stays at the last good revision. This is
-// the intended "stop and alert" behaviour: the syncer cannot skip a revision (routers
-// would see a hole), so an operator has to repair the change log or the row.
-func TestUnapplicableRevisionIsNotPublished(t *testing.T) {
+// TestPoisonRowWithheld commits rows the router side refuses (the CHECK constraint that
+// would refuse the first was dropped; the database accepts the others today): publishing
+// must not stop. Each revision goes out without the offending aggregate, which is withheld
+// — routers keep its last valid content or never see it — named in the status, the
+// reason and a metric; later valid commits reach routers at once. When the row is fixed,
+// the aggregate is published whole and the status clears; a syncer restarted meanwhile
+// finds what is withheld from the database.
+func TestPoisonRowWithheld(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	r := b.start(t, nil)
+	router := b.router(t)
 	b.waitConverged(t, 10*time.Second)
 	b.exec(t, `INSERT INTO extensions (id, type, subject, timeout_ms) VALUES ('a', 'pre', 'beamline.ext.pre.a.v1', 100)`)
-	good := b.waitConverged(t, 10*time.Second)
+	waitRouter(t, router, b.schema.Pool, 10*time.Second)
 	b.exec(t, `ALTER TABLE extensions DROP CONSTRAINT extensions_timeout_ms_between_10_and_5000`)
-	bad := b.exec(t, `INSERT INTO extensions (id, type, subject, timeout_ms) VALUES ('bad', 'pre', 'beamline.ext.pre.bad.v1', 1)`)
-	later := b.exec(t, `UPDATE extensions SET timeout_ms = 200 WHERE id = 'a'`)
-
-	waitFor(t, 10*time.Second, "the apply error counted", func() (bool, error) {
-		return testutil.ToFloat64(r.metrics.ApplyErrors) >= 1, nil
+	poisoned := time.Now()
+	// One transaction: a valid new extension and an invalid one.
+	bad := b.exec(t, `INSERT INTO extensions (id, type, subject, timeout_ms) VALUES ('good', 'pre', 'beamline.ext.pre.good.v1', 100), ('bad', 'pre', 'beamline.ext.pre.bad.v1', 1)`)
+	// An existing extension made invalid by a version (a subject with U+00A0 inside, which
+	// PostgreSQL's CHECK accepts and the router refuses).
+	b.exec(t, "INSERT INTO extension_versions (id, version, subject) VALUES ('a', 'v2', 'beamline.ext.pre.a x.v2')")
+	later := b.exec(t, `UPDATE extensions SET timeout_ms = 200 WHERE id = 'good'`)
+	waitFor(t, 10*time.Second, "the revision after the poison rows at the router", func() (bool, error) {
+		return router.Revision() >= later, fmt.Errorf("router at %d", router.Revision())
 	})
-	// Observe for a bounded while ("nothing else happened"): no delta for the bad revision
-	// or after it, never ready, and a few retries, not thousands.
-	first := testutil.ToFloat64(r.metrics.ApplyErrors)
-	start := time.Now()
-	reasons := map[string]bool{}
-	for time.Since(start) < 3*time.Second {
-		st := r.s.Status()
-		if st.Ready {
-			t.Fatalf("ready while revision %d cannot be published: %+v", bad, st)
-		}
-		reasons[st.Reason] = true
-		time.Sleep(20 * time.Millisecond) // poll interval
+	t.Logf("poison rows: the next valid revision reached the router %s after the first poison commit", time.Since(poisoned).Round(time.Millisecond))
+	snap := router.Snapshot()
+	if e, ok := snap.Get("good"); !ok || e.TimeoutMS != 200 {
+		t.Errorf("good: %+v %v", e, ok)
 	}
-	retries := testutil.ToFloat64(r.metrics.ApplyErrors) - first
-	if retries > 15 {
-		t.Errorf("%v apply attempts in 3s: the syncer spins instead of backing off", retries)
+	if _, ok := snap.Get("bad"); ok {
+		t.Error("the invalid extension reached the router")
 	}
-	for _, rev := range []int64{bad, later} {
-		if _, err := b.reader.Delta(context.Background(), rev); err == nil {
-			t.Errorf("revision %d was published", rev)
-		}
+	if e, ok := snap.Get("a"); !ok || len(e.Versions) != 0 {
+		t.Errorf("a: want its last valid content (no versions), got %+v %v", e, ok)
 	}
-	pub, err := b.follow(context.Background())
+	d, err := b.reader.Delta(context.Background(), bad)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("revision %d (valid and invalid rows) not published: %v", bad, err)
 	}
-	if pub.Revision() != good.Revision() || pub.Checksum() != good.Checksum() {
-		t.Errorf("published state moved to revision %d (last good %d)", pub.Revision(), good.Revision())
+	for _, c := range d.Changes {
+		if c.ID == "bad" {
+			t.Errorf("revision %d carries a change of the withheld extension: %+v", bad, c)
+		}
 	}
-	if _, ok := pub.Get("bad"); ok {
-		t.Error("the invalid extension was published")
+	checkWithheld := func(r *running, want ...string) {
+		t.Helper()
+		waitFor(t, 10*time.Second, fmt.Sprintf("withheld %v", want), func() (bool, error) {
+			st := r.s.Status()
+			var got []string
+			for _, w := range st.Withheld {
+				got = append(got, w.ID)
+			}
+			if strings.Join(got, ",") != strings.Join(want, ",") || testutil.ToFloat64(r.metrics.Withheld) != float64(len(want)) {
+				return false, fmt.Errorf("withheld %v, metric %v", got, testutil.ToFloat64(r.metrics.Withheld))
+			}
+			if len(want) > 0 && (st.Ready || !strings.Contains(st.Reason, want[0])) {
+				return false, fmt.Errorf("ready %v, reason %q", st.Ready, st.Reason)
+			}
+			return len(want) > 0 || st.Ready, fmt.Errorf("%+v", st)
+		})
 	}
-	b.checkExactlyOnce(t, 1, good.Revision(), 0)
-	st := r.s.Status()
-	if !strings.Contains(st.Error, "cannot be applied") || !strings.Contains(st.Reason, "cannot be applied") {
-		t.Errorf("status does not say why nothing is published: error %q, reason %q", st.Error, st.Reason)
+	checkWithheld(r, "a", "bad")
+
+	// A new syncer (a new term) finds them in the database.
+	r.stop(t)
+	r = b.start(t, nil)
+	checkWithheld(r, "a", "bad")
+
+	// Fixed rows are published whole, and nothing stays withheld.
+	b.exec(t, `UPDATE extensions SET timeout_ms = 50 WHERE id = 'bad'`)
+	b.exec(t, `UPDATE extension_versions SET subject = 'beamline.ext.pre.a.v2' WHERE id = 'a' AND version = 'v2'`)
+	waitRouter(t, router, b.schema.Pool, 10*time.Second)
+	if e, ok := router.Snapshot().Get("bad"); !ok || e.TimeoutMS != 50 {
+		t.Errorf("bad after the fix: %+v %v", e, ok)
 	}
-	t.Logf("revision %d (timeout_ms 1) refused: apply errors %v (%v more in 3s of backoff), publish stays at revision %d, database at %d; status ready=%v, reasons seen %q",
-		bad, testutil.ToFloat64(r.metrics.ApplyErrors), retries, pub.Revision(), later, st.Ready, keys(reasons))
+	if e, _ := router.Snapshot().Get("a"); e == nil || len(e.Versions) != 1 {
+		t.Errorf("a after the fix: %+v", e)
+	}
+	checkWithheld(r)
+	b.finalChecks(t)
 	r.stop(t)
 }
 

@@ -120,16 +120,18 @@ func (s *term) restore(ctx context.Context, pool *pgxpool.Pool) error {
 		return err
 	}
 	if published == nil {
-		snap, err := readConsistent(ctx, pool)
+		read, err := readConsistent(ctx, pool)
 		if err != nil {
 			return err
 		}
+		snap := read.Snapshot
 		db, err := readOrigin(ctx, pool, snap.Revision())
 		if err != nil {
 			return err
 		}
 		s.caughtUpTo(db.Counter)
 		s.setPublished(snap, snap.Revision(), db.at(snap.Revision()))
+		s.adoptInvalid(read)
 		if err := s.writeSnapshot(ctx, snap); err != nil {
 			return err
 		}

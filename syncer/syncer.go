@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,8 +43,11 @@ type Status struct {
 	// LastPublishOK is when the leader last heard NATS take a write (a delta stored, or the
 	// stream answering the heartbeat's check).
 	LastPublishOK time.Time `json:"last_publish_ok,omitzero"`
-	Ready         bool      `json:"ready"`
-	Reason        string    `json:"reason,omitempty"`
+	// Withheld lists the extensions not published because the database holds a version
+	// of them the router side refuses; routers keep their last valid content.
+	Withheld []Withheld `json:"withheld,omitempty"`
+	Ready    bool       `json:"ready"`
+	Reason   string     `json:"reason,omitempty"`
 	// Error is what ended the last leadership, until the syncer is caught up again (e.g. a
 	// revision that cannot be applied: the syncer stops publishing and retries with backoff).
 	Error string `json:"error,omitempty"`
@@ -104,7 +108,9 @@ func (s *Syncer) Status() Status {
 	st.Reason = ""
 	switch {
 	case st.Role == RoleLeader:
-		fresh := !st.LastPublishOK.IsZero() && time.Since(st.LastPublishOK) <= 2*s.cfg.HeartbeatInterval
+		// Two heartbeat intervals (each runs a stream check), at least a second: a check
+		// on a loaded machine can take longer than a very short test interval.
+		fresh := !st.LastPublishOK.IsZero() && time.Since(st.LastPublishOK) <= max(2*s.cfg.HeartbeatInterval, time.Second)
 		switch {
 		case st.Error != "" && !st.CaughtUp:
 			st.Reason = "not publishing, retrying after: " + st.Error
@@ -118,6 +124,12 @@ func (s *Syncer) Status() Status {
 			st.Reason = "leader: no snapshot published yet"
 		case !fresh:
 			st.Reason = "leader: NATS has not taken a write for two heartbeat intervals"
+		case len(st.Withheld) > 0:
+			ids := make([]string, len(st.Withheld))
+			for i, w := range st.Withheld {
+				ids[i] = w.ID
+			}
+			st.Reason = fmt.Sprintf("leader: withholding %d invalid extension(s), every other change is published: %s", len(ids), strings.Join(ids, ", "))
 		}
 	case st.Role == RoleStandby:
 		switch {
@@ -288,7 +300,7 @@ func (s *Syncer) runDatabase(ctx context.Context) error {
 			// Not a standby until another syncer is seen leading: this one may be the only
 			// one, failing (Error says why) and about to try again.
 			st.Role, st.Leader, st.Term, st.Listening, st.CaughtUp = RoleStarting, false, 0, false, false
-			st.SnapshotRevision, st.LastPublishOK = -1, time.Time{}
+			st.SnapshotRevision, st.LastPublishOK, st.Withheld = -1, time.Time{}, nil
 			if err != nil && ctx.Err() == nil {
 				st.Error = err.Error()
 			}

@@ -38,6 +38,7 @@ type term struct {
 	pending      []revision
 	pendingAfter int64
 	caughtUpOnce bool // the term caught up at least once (it worked until it ended)
+	withheld     withholding
 
 	// The snapshot writer (snapshot.go) runs beside the publishing goroutine.
 	latest       atomic.Pointer[cache.Snapshot] // newest published state
@@ -51,7 +52,7 @@ type term struct {
 }
 
 func newTerm(s *Syncer, lease *leadership.Term) *term {
-	t := &term{Syncer: s, lease: lease, pub: s.pub, history: newHistory(s.cfg.History),
+	t := &term{Syncer: s, lease: lease, pub: s.pub, history: newHistory(s.cfg.History), withheld: withholding{},
 		snapWake: make(chan struct{}, 1), writerStop: make(chan struct{}), writerDone: make(chan struct{})}
 	if lease != nil {
 		t.pub = s.pub.WithFence(lease.Valid)
@@ -125,6 +126,12 @@ func (s *term) leadLoop(ctx context.Context) error {
 		return err
 	}
 	if err := s.catchUp(ctx, pool, 0); err != nil {
+		return err
+	}
+	// A full comparison once per term: what the database holds invalid is withheld (and
+	// named) from the start, and drift left by writes past the triggers is repaired now
+	// rather than at the first periodic reconcile.
+	if err := s.reconcile(ctx, pool); err != nil {
 		return err
 	}
 
