@@ -284,3 +284,46 @@ func TestReconcileRepairsDriftUnderWrites(t *testing.T) {
 	}
 	r.stop(t)
 }
+
+// TestEachPoisonRowWithheld pushes each of the rows measured to wedge the syncer (the
+// database accepts them, the router side refuses them) and checks that the next valid
+// revision still reaches a router, without the poison.
+func TestEachPoisonRowWithheld(t *testing.T) {
+	t.Parallel()
+	ins := `INSERT INTO extensions (id, type, subject, version, config) VALUES `
+	rows := map[string]string{
+		"multibyte subject of 612 bytes": ins + `('p', 'pre', 'beamline.ext.pre.' || repeat('é', 296) || '.v1', 'v1', '{}')`,
+		"control character in subject":   ins + `('p', 'pre', E'beamline.ext.pre.a\x01b.v1', 'v1', '{}')`,
+		"no-break space in subject":      ins + "('p', 'pre', 'beamline.ext.pre.a\u00a0b.v1', 'v1', '{}')",
+		"version of 80 bytes":            ins + `('p', 'pre', 'beamline.ext.pre.p.v1', repeat('é', 40), '{}')`,
+		"config nested 300 deep":         ins + `('p', 'pre', 'beamline.ext.pre.p.v1', 'v1', (repeat('{"a":', 300) || '1' || repeat('}', 300))::jsonb)`,
+		"number 1e400":                   ins + `('p', 'pre', 'beamline.ext.pre.p.v1', 'v1', '{"x": 1e400}')`,
+		"instance_id of 400 bytes": `WITH e AS (` + ins + `('p', 'pre', 'beamline.ext.pre.p.v1', 'v1', '{}') RETURNING id)
+			INSERT INTO extension_instances (extension_id, instance_id, subject) SELECT id, repeat('é', 200), 'beamline.ext.pre.p.v1' FROM e`,
+	}
+	for name, row := range rows {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t)
+			r := b.start(t, nil)
+			router := b.router(t)
+			b.exec(t, `INSERT INTO extensions (id, type, subject) VALUES ('a', 'pre', 'beamline.ext.pre.a.v1')`)
+			waitRouter(t, router, b.schema.Pool, 10*time.Second)
+			poisoned := time.Now()
+			b.exec(t, row)
+			next := b.exec(t, `UPDATE extensions SET retry = 1 WHERE id = 'a'`)
+			waitFor(t, 10*time.Second, "the next valid revision at the router", func() (bool, error) {
+				return router.Revision() >= next, fmt.Errorf("router at %d", router.Revision())
+			})
+			t.Logf("%s: next valid revision at the router %s after the poison commit", name, time.Since(poisoned).Round(time.Millisecond))
+			if _, ok := router.Snapshot().Get("p"); ok {
+				t.Error("the poison row reached the router")
+			}
+			waitFor(t, 10*time.Second, "p withheld", func() (bool, error) {
+				st := r.s.Status()
+				return len(st.Withheld) == 1 && st.Withheld[0].ID == "p", fmt.Errorf("%+v", st.Withheld)
+			})
+			r.stop(t)
+		})
+	}
+}
