@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -92,6 +93,23 @@ type Publisher struct {
 // snapshot and publishes a resync delta instead.
 var ErrTooLarge = errors.New("delta larger than the server's max_payload")
 
+// ErrUnsupportedServer is wrapped by the error CheckServer and EnsureStreams return for a
+// nats-server older than MinServerVersion. It is not worth retrying.
+var ErrUnsupportedServer = protocol.ErrUnsupportedServer
+
+// ErrNoJetStream is wrapped by the error CheckServer and EnsureStreams return for a server
+// (or account) without JetStream. It is not worth retrying.
+var ErrNoJetStream = protocol.ErrNoJetStream
+
+// MinServerVersion is the oldest nats-server release supported.
+const MinServerVersion = protocol.MinServerVersion
+
+// CheckServer verifies that the server nc is connected to is nats-server
+// MinServerVersion or newer (else an error wrapping ErrUnsupportedServer naming both
+// versions) with JetStream enabled (else an error wrapping ErrNoJetStream). Any other
+// error (a timeout, a JetStream cluster electing its leader) may pass on a retry.
+func CheckServer(ctx context.Context, nc *nats.Conn) error { return protocol.CheckServer(ctx, nc) }
+
 // New validates cfg and prepares a publisher on nc. Call EnsureStreams before publishing.
 func New(nc *nats.Conn, cfg Config) (*Publisher, error) {
 	cfg = cfg.WithDefaults()
@@ -115,8 +133,13 @@ func (p *Publisher) Names() protocol.Names { return p.names }
 // Reader returns a direct-get reader on the same connection.
 func (p *Publisher) Reader() *protocol.Reader { return p.read }
 
-// EnsureStreams creates the delta and snapshot streams, or updates their limits.
+// EnsureStreams checks the server (CheckServer: its errors wrapping ErrUnsupportedServer
+// or ErrNoJetStream are final) and creates the delta and snapshot streams, or updates
+// their limits.
 func (p *Publisher) EnsureStreams(ctx context.Context) error {
+	if err := CheckServer(ctx, p.nc); err != nil {
+		return err
+	}
 	deltas := jetstream.StreamConfig{
 		Name:        p.names.DeltaStream,
 		Description: "Beamline extension registry: one delta per revision",
@@ -320,20 +343,60 @@ func (p *Publisher) WriteSnapshot(ctx context.Context, snap *cache.Snapshot, for
 	if _, err := p.js.PublishMsg(ctx, mm); err != nil {
 		return nil, fmt.Errorf("write snapshot %d manifest: %w", snap.Revision(), err)
 	}
-	// Keep the new snapshot and the one before it; purge older chunks and manifests.
-	s, err := p.js.Stream(ctx, p.names.SnapshotStream)
-	if err == nil {
-		keepFrom := seqs[0]
-		if prev != nil && len(prev.Sequences) > 0 && prev.Sequences[0] < keepFrom {
-			keepFrom = prev.Sequences[0]
-		}
-		err = s.Purge(ctx, jetstream.WithPurgeSubject(p.names.ChunkSubjects()), jetstream.WithPurgeSequence(keepFrom))
-		if err == nil {
-			err = s.Purge(ctx, jetstream.WithPurgeSubject(p.names.Manifest()), jetstream.WithPurgeKeep(1))
-		}
-	}
-	if err != nil {
+	if err := p.purgeSnapshots(ctx, man, prev); err != nil {
 		return man, fmt.Errorf("purge old snapshots after writing %d: %w", snap.Revision(), err)
 	}
 	return man, nil
+}
+
+// purgeSnapshots keeps the snapshot just written (cur) and the one before it (prev, which
+// a router may still be reading) and purges every other chunk and manifest.
+//
+// Every purge names one literal subject, found in the stream's subject listing: nats-server
+// before 2.12.10 (and 2.13.x, 2.14 before 2.14.2) purges every matching message when a
+// purge combines a wildcard subject with a sequence, the new snapshot's chunks included.
+// Chunks of a revision above cur are left alone: another syncer may be writing them (the
+// next snapshot written after them purges them).
+func (p *Publisher) purgeSnapshots(ctx context.Context, cur, prev *protocol.Manifest) error {
+	s, err := p.js.Stream(ctx, p.names.SnapshotStream)
+	if err != nil {
+		return err
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(p.names.ChunkSubjects()))
+	if err != nil {
+		return err
+	}
+	// keep maps each kept chunk subject to its first sequence to keep and its chunk count.
+	type kept struct {
+		from  uint64
+		count uint64
+	}
+	keep := map[string]kept{p.names.ChunkSubject(cur.Revision): {cur.Sequences[0], uint64(len(cur.Sequences))}}
+	if prev != nil && len(prev.Sequences) > 0 {
+		subj := p.names.ChunkSubject(prev.Revision)
+		k := keep[subj] // a forced rewrite of the same revision shares the subject
+		if k.count == 0 || prev.Sequences[0] < k.from {
+			k.from = prev.Sequences[0]
+		}
+		k.count += uint64(len(prev.Sequences))
+		keep[subj] = k
+	}
+	chunkPrefix := strings.TrimSuffix(p.names.ChunkSubjects(), ">")
+	for subj, n := range info.State.Subjects {
+		if k, ok := keep[subj]; ok {
+			if n > k.count { // older chunks on a kept subject: a failed or replaced write
+				if err := s.Purge(ctx, jetstream.WithPurgeSubject(subj), jetstream.WithPurgeSequence(k.from)); err != nil {
+					return fmt.Errorf("%s: %w", subj, err)
+				}
+			}
+			continue
+		}
+		if rev, err := strconv.ParseInt(strings.TrimPrefix(subj, chunkPrefix), 10, 64); err == nil && rev > cur.Revision {
+			continue
+		}
+		if err := s.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
+			return fmt.Errorf("%s: %w", subj, err)
+		}
+	}
+	return s.Purge(ctx, jetstream.WithPurgeSubject(p.names.Manifest()), jetstream.WithPurgeKeep(1))
 }
