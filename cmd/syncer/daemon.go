@@ -159,7 +159,7 @@ func connectNATS(ctx context.Context, cfg *config, log *slog.Logger, retryAtStar
 	}
 	if nc.IsConnected() {
 		log.InfoContext(ctx, "nats: connected", slog.String("url", redactNATSURL(nc.ConnectedUrl())),
-			slog.String("server", nc.ConnectedServerName()), slog.Int64("max_payload", nc.MaxPayload()))
+			slog.String("server", nc.ConnectedServerName()), slog.String("version", nc.ConnectedServerVersion()), slog.Int64("max_payload", nc.MaxPayload()))
 	} else {
 		log.WarnContext(ctx, "nats: not reachable yet, retrying in the background", slog.String("servers", cfg.RedactedNATSServers()))
 	}

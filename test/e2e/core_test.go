@@ -147,3 +147,28 @@ func testCore(t *testing.T, bin harness.ServerBinary) {
 	}
 	t.Logf("nats-server %s: core done in %s", bin.Version, time.Since(began).Round(time.Millisecond))
 }
+
+// TestWatchRefusesServerWithoutJetStream: `syncer watch` against a real server started
+// without JetStream (every binary of the matrix) exits non-zero at once, saying that
+// JetStream is missing, instead of retrying until its timeout.
+func TestWatchRefusesServerWithoutJetStream(t *testing.T) {
+	t.Parallel()
+	for _, bin := range harness.Servers(t) {
+		t.Run(bin.Name(), func(t *testing.T) {
+			t.Parallel()
+			srv := harness.NewNATSProc(t, bin, harness.NATSProcOptions{NoJetStream: true})
+			for _, args := range [][]string{{"watch", "--json", "--timeout", "60s"}, {"watch", "--dump", "--once", "--timeout", "60s"}} {
+				start := time.Now()
+				r := runCLI(t, map[string]string{"EXTENSION_REGISTRY_NATS_URL": srv.URL()}, args...)
+				took := time.Since(start)
+				if r.code == 0 || !strings.Contains(r.stderr, "JetStream not enabled") || !strings.Contains(r.stderr, bin.Version) {
+					t.Fatalf("syncer %s: exit %d after %s\nstdout: %s\nstderr: %s", strings.Join(args, " "), r.code, took, r.stdout, r.stderr)
+				}
+				if took > 10*time.Second {
+					t.Errorf("syncer %s took %s to refuse", strings.Join(args, " "), took)
+				}
+				t.Logf("syncer %s: exit %d after %s: %s", strings.Join(args, " "), r.code, took.Round(time.Millisecond), strings.TrimSpace(r.stderr))
+			}
+		})
+	}
+}

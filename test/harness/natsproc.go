@@ -208,11 +208,7 @@ func (n *NATSProc) StoreDir() string { return filepath.Join(n.Dir, "store") }
 
 func (n *NATSProc) config() string {
 	var b strings.Builder
-	name := n.opts.Name
-	if name == "" {
-		name = fmt.Sprintf("harness-%d", n.Port)
-	}
-	fmt.Fprintf(&b, "server_name: %q\nlisten: \"127.0.0.1:%d\"\n", name, n.Port)
+	fmt.Fprintf(&b, "server_name: %q\nlisten: \"127.0.0.1:%d\"\n", n.Name(), n.Port)
 	if n.opts.MaxPayload > 0 {
 		fmt.Fprintf(&b, "max_payload: %d\n", n.opts.MaxPayload)
 	}
@@ -307,6 +303,15 @@ func (n *NATSProc) probe() error {
 // jetStreamAnswers asks $JS.API.INFO and fails unless JetStream answers without an error.
 func jetStreamAnswers(nc *nats.Conn) error {
 	return jsRequest(context.Background(), nc, "$JS.API.INFO", nil)
+}
+
+// Name is the server's server_name (the name JetStream reports for stream leaders and
+// replicas).
+func (n *NATSProc) Name() string {
+	if n.opts.Name != "" {
+		return n.opts.Name
+	}
+	return fmt.Sprintf("harness-%d", n.Port)
 }
 
 // URL is the server's client URL.
@@ -570,3 +575,13 @@ func (c *NATSCluster) Close() {
 
 // Addr returns host:port of the node's client listener (for a proxy in front of it).
 func (n *NATSProc) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(n.Port)) }
+
+// Node returns the node whose server_name is name (nil if none).
+func (c *NATSCluster) Node(name string) *NATSProc {
+	for _, n := range c.Nodes {
+		if n.Name() == name {
+			return n
+		}
+	}
+	return nil
+}
