@@ -352,9 +352,10 @@ func (p *Publisher) WriteSnapshot(ctx context.Context, snap *cache.Snapshot, for
 // purgeSnapshots keeps the snapshot just written (cur) and the one before it (prev, which
 // a router may still be reading) and purges every other chunk and manifest.
 //
-// Every purge names one literal subject, found in the stream's subject listing: nats-server
-// before 2.12.10 (and 2.13.x, 2.14 before 2.14.2) purges every matching message when a
-// purge combines a wildcard subject with a sequence, the new snapshot's chunks included.
+// Every purge names one literal subject, found in the stream's subject listing: older
+// servers (measured on 2.9.10, 2.10.29 and 2.11.12; fixed in 2.12.10 and 2.14.2) purge
+// every matching message when a purge combines a wildcard subject with a sequence, the new
+// snapshot's chunks included.
 // Chunks of a revision above cur are left alone: another syncer may be writing them (the
 // next snapshot written after them purges them).
 func (p *Publisher) purgeSnapshots(ctx context.Context, cur, prev *protocol.Manifest) error {
