@@ -170,6 +170,45 @@ func (p *Publisher) EnsureStreams(ctx context.Context) error {
 			return fmt.Errorf("create stream %s: %w", sc.Name, err)
 		}
 	}
+	if err := p.repairSnapshot(ctx); err != nil {
+		return fmt.Errorf("check the stored snapshot: %w", err)
+	}
+	return nil
+}
+
+// repairSnapshot deletes the stored manifest when the chunks it names are gone: a syncer
+// before the literal-subject purge (purgeSnapshots) deleted them on nats-server 2.9 to
+// 2.11, leaving a snapshot no one can read, which readers (and a syncer restoring from
+// the streams) retried forever. Without it the stream holds deltas but no snapshot,
+// which the syncer repairs with a full sync and routers bootstrap from once written.
+// Only that manifest message (by sequence) is deleted: one written since survives.
+func (p *Publisher) repairSnapshot(ctx context.Context) error {
+	st, err := p.read.Last(ctx, p.names.SnapshotStream, p.names.Manifest())
+	if errors.Is(err, protocol.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var m protocol.Manifest
+	if json.Unmarshal(st.Data, &m) != nil || m.Validate() != nil {
+		return nil // not ours to judge: readers reject it as invalid
+	}
+	s, err := p.js.Stream(ctx, p.names.SnapshotStream)
+	if err != nil {
+		return err
+	}
+	subject := p.names.ChunkSubject(m.Revision)
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		return err
+	}
+	if info.State.Subjects[subject] >= uint64(len(m.Sequences)) {
+		return nil
+	}
+	if err := s.DeleteMsg(ctx, st.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return fmt.Errorf("delete the manifest of snapshot %d, whose chunks are gone: %w", m.Revision, err)
+	}
 	return nil
 }
 

@@ -134,6 +134,31 @@ func TestSnapshotsOnEveryServer(t *testing.T) {
 				t.Fatal(err)
 			}
 			checkStored(t, m, prev)
+
+			// EnsureStreams leaves a readable snapshot alone, and deletes a manifest whose
+			// chunks are gone (what the old purge left on these servers), so that the
+			// syncer writes a new snapshot instead of retrying forever.
+			if err := p.EnsureStreams(ctx); err != nil {
+				t.Fatal(err)
+			}
+			checkStored(t, m, prev)
+			if err := stream.Purge(ctx, jetstream.WithPurgeSubject(names.ChunkSubjects())); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := read.Snapshot(ctx); !errors.Is(err, protocol.ErrSnapshotMoved) {
+				t.Fatalf("snapshot without chunks: %v, want ErrSnapshotMoved", err)
+			}
+			if err := p.EnsureStreams(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := read.Manifest(ctx); !errors.Is(err, protocol.ErrNotFound) {
+				t.Fatalf("manifest of a snapshot without chunks after EnsureStreams: %v, want it deleted", err)
+			}
+			m, err = p.WriteSnapshot(ctx, snapshot(t, 6, 1500), false)
+			if err != nil {
+				t.Fatalf("WriteSnapshot 6: %v", err)
+			}
+			checkStored(t, m, nil)
 		})
 	}
 }

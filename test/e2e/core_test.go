@@ -1,13 +1,16 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/beamline/registry-syncer/protocol"
 	"github.com/beamline/registry-syncer/test/harness"
 )
 
@@ -171,4 +174,39 @@ func TestWatchRefusesServerWithoutJetStream(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRestartOverBrokenSnapshot: a syncer before this release, on nats-server 2.9 to 2.11,
+// left a manifest whose chunks its own purge had deleted. A syncer started over that
+// stream must not wait forever for the snapshot to become readable: it publishes a full
+// sync, and routers bootstrap.
+func TestRestartOverBrokenSnapshot(t *testing.T) {
+	t.Parallel()
+	bin := harness.Servers(t)[1] // 2.10: an affected release
+	srv := harness.NewNATSProc(t, bin, harness.NATSProcOptions{})
+	b := setupOn(t, "e2e.broken", srv.URL())
+	b.seedDefaults(t)
+	s1 := b.startSyncer(t)
+	s1.waitReady(t, 30*time.Second)
+	b.waitStoredSnapshot(t, b.db(t), 10*time.Second)
+	s1.stop(t)
+
+	// What the old purge did: every chunk gone, the manifest left.
+	st, err := b.js.Stream(t.Context(), b.names.SnapshotStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Purge(t.Context(), jetstream.WithPurgeSubject(b.names.ChunkSubjects())); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.reader.Snapshot(t.Context()); !errors.Is(err, protocol.ErrSnapshotMoved) {
+		t.Fatalf("stored snapshot after the purge: %v, want it unreadable", err)
+	}
+	_, at := b.commit(t, `UPDATE extensions SET retry = 2 WHERE id = 'mask_pii'`)
+
+	s2 := b.startSyncer(t)
+	s2.waitReady(t, 30*time.Second)
+	f := b.startFleet(t, 2, true)
+	c := f.converge(t, b.db(t), at, 30*time.Second)
+	t.Logf("over a broken snapshot: a new syncer and fresh routers serve revision %d %s after the commit", b.db(t).Revision(), c.max.Round(time.Millisecond))
 }
