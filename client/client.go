@@ -200,9 +200,10 @@ func New(nc *nats.Conn, cfg Config) (*Client, error) {
 // when the NATS connection is closed, the server does not confirm the
 // subscriptions within RequestTimeout, or the server cannot serve the registry:
 // older than protocol.MinServerVersion (the error wraps
-// protocol.ErrUnsupportedServer) or without JetStream (protocol.ErrNoJetStream). With Config.WaitBootstrap it then
-// waits for the first snapshot (or the Fallback), returning ctx's error if ctx
-// ends first. A client can be started once.
+// protocol.ErrUnsupportedServer) or without JetStream (protocol.ErrNoJetStream).
+// With Config.WaitBootstrap it then waits for the first snapshot (or the
+// Fallback), returning ctx's error if ctx ends first. A client can be started
+// once.
 func (c *Client) Start(ctx context.Context) error {
 	c.mu.Lock()
 	if c.state != stateNew {
