@@ -11,8 +11,9 @@ help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: deps
-deps: ## Check (and where possible install) what the tests and `make run` need: Go, PostgreSQL >= 14 server binaries
+deps: ## Check (and where possible install) what the tests and `make run` need: Go, PostgreSQL >= 14 server binaries, the nats-server matrix
 	@bash scripts/deps.sh
+	@list=$$(bash scripts/nats-servers.sh) && echo "deps: nats-server binaries (REGISTRY_NATS_SERVERS): $$list"
 
 .PHONY: build
 build: ## Build bin/syncer
@@ -23,8 +24,8 @@ run: deps build ## Start everything on this machine (private PostgreSQL, embedde
 	./bin/syncer dev
 
 .PHONY: test
-test: deps ## Unit and integration tests with the race detector (starts its own PostgreSQL and NATS)
-	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+test: deps ## Unit and integration tests with the race detector (starts its own PostgreSQL and NATS servers, every supported nats-server release)
+	REGISTRY_NATS_SERVERS="$${REGISTRY_NATS_SERVERS:-$$(bash scripts/nats-servers.sh --list)}" $(GO) test -race -count=1 -timeout 20m $(PKGS)
 
 .PHONY: bench
 bench: deps build ## Benchmarks: propagation vs the raw floor, burst, scale, fan-out, lookups (writes bench-results/)

@@ -197,10 +197,13 @@ func New(nc *nats.Conn, cfg Config) (*Client, error) {
 
 // Start subscribes to the live and heartbeat subjects and starts following the
 // registry in the background, until Stop is called or ctx ends. It fails fast
-// when the NATS connection is closed or the server does not confirm the
-// subscriptions within RequestTimeout. With Config.WaitBootstrap it then
-// waits for the first snapshot (or the Fallback), returning ctx's error if ctx
-// ends first. A client can be started once.
+// when the NATS connection is closed, the server does not confirm the
+// subscriptions within RequestTimeout, or the server cannot serve the registry:
+// older than protocol.MinServerVersion (the error wraps
+// protocol.ErrUnsupportedServer) or without JetStream (protocol.ErrNoJetStream).
+// With Config.WaitBootstrap it then waits for the first snapshot (or the
+// Fallback), returning ctx's error if ctx ends first. A client can be started
+// once.
 func (c *Client) Start(ctx context.Context) error {
 	c.mu.Lock()
 	if c.state != stateNew {
@@ -208,6 +211,12 @@ func (c *Client) Start(ctx context.Context) error {
 		return errors.New("client: start: already started or stopped")
 	}
 	if err := c.subscribe(); err != nil {
+		c.mu.Unlock()
+		return err
+	}
+	if err := c.checkServer(ctx); err != nil {
+		unsubscribe(c.subs)
+		c.msgs, c.subs = nil, nil
 		c.mu.Unlock()
 		return err
 	}
@@ -255,6 +264,23 @@ func (c *Client) subscribe() error {
 		return fmt.Errorf("client: start: NATS does not answer: %w", err)
 	}
 	c.msgs, c.subs = msgs, subs
+	return nil
+}
+
+// checkServer refuses a server the registry cannot work with (older than
+// protocol.MinServerVersion, or without JetStream): the client would otherwise retry
+// its bootstrap forever. Any other failure of the check is only logged: the bootstrap
+// retries on its own.
+func (c *Client) checkServer(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+	defer cancel()
+	err := protocol.CheckServer(ctx, c.nc)
+	if errors.Is(err, protocol.ErrUnsupportedServer) || errors.Is(err, protocol.ErrNoJetStream) {
+		return fmt.Errorf("client: start: %w", err)
+	}
+	if err != nil {
+		c.log.WarnContext(ctx, "client: cannot check the NATS server yet; bootstrapping anyway", slog.Any("error", err))
+	}
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"os"
 	"regexp"
 	"strings"
@@ -108,5 +109,32 @@ func TestSchemasAreJSON(t *testing.T) {
 		if err := json.Unmarshal(data, &v); err != nil {
 			t.Errorf("%s: %v", f, err)
 		}
+	}
+}
+
+func TestCheckServerVersion(t *testing.T) {
+	t.Parallel()
+	for _, v := range []string{"2.9.0", "v2.9.0", "2.9.10", "2.10.29", "2.12.15", "2.15.3", "3.0.0", "2.10.0-RC.1", "2.9.1-beta"} {
+		if err := protocol.CheckServerVersion(v); err != nil {
+			t.Errorf("CheckServerVersion(%q): %v, want nil", v, err)
+		}
+	}
+	for _, v := range []string{"2.8.4", "v2.8.4", "2.2.0", "1.4.1", "2.9.0-RC.1", "0.0.0"} {
+		err := protocol.CheckServerVersion(v)
+		if !errors.Is(err, protocol.ErrUnsupportedServer) {
+			t.Errorf("CheckServerVersion(%q): %v, want ErrUnsupportedServer", v, err)
+			continue
+		}
+		if msg := err.Error(); !strings.Contains(msg, strings.TrimPrefix(v, "v")) || !strings.Contains(msg, protocol.MinServerVersion) {
+			t.Errorf("CheckServerVersion(%q): %q names not both versions", v, msg)
+		}
+	}
+	for _, v := range []string{"", "2.9", "2.x.0", "banana", "2.9.-1"} {
+		if err := protocol.CheckServerVersion(v); !errors.Is(err, protocol.ErrUnsupportedServer) {
+			t.Errorf("CheckServerVersion(%q): %v, want ErrUnsupportedServer", v, err)
+		}
+	}
+	if got, err := protocol.ParseServerVersion("v2.11.0-RC.2"); err != nil || got != (protocol.ServerVersion{Major: 2, Minor: 11, Patch: 0, Pre: "RC.2"}) {
+		t.Errorf("ParseServerVersion(v2.11.0-RC.2) = %+v, %v", got, err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -113,6 +114,23 @@ func (p *Publisher) fenced(what string) error {
 // snapshot and publishes a resync delta instead.
 var ErrTooLarge = errors.New("delta larger than the server's max_payload")
 
+// ErrUnsupportedServer is wrapped by the error CheckServer and EnsureStreams return for a
+// nats-server older than MinServerVersion. It is not worth retrying.
+var ErrUnsupportedServer = protocol.ErrUnsupportedServer
+
+// ErrNoJetStream is wrapped by the error CheckServer and EnsureStreams return for a server
+// (or account) without JetStream. It is not worth retrying.
+var ErrNoJetStream = protocol.ErrNoJetStream
+
+// MinServerVersion is the oldest nats-server release supported.
+const MinServerVersion = protocol.MinServerVersion
+
+// CheckServer verifies that the server nc is connected to is nats-server
+// MinServerVersion or newer (else an error wrapping ErrUnsupportedServer naming both
+// versions) with JetStream enabled (else an error wrapping ErrNoJetStream). Any other
+// error (a timeout, a JetStream cluster electing its leader) may pass on a retry.
+func CheckServer(ctx context.Context, nc *nats.Conn) error { return protocol.CheckServer(ctx, nc) }
+
 // New validates cfg and prepares a publisher on nc. Call EnsureStreams before publishing.
 func New(nc *nats.Conn, cfg Config) (*Publisher, error) {
 	cfg = cfg.WithDefaults()
@@ -136,9 +154,14 @@ func (p *Publisher) Names() protocol.Names { return p.names }
 // Reader returns a direct-get reader on the same connection.
 func (p *Publisher) Reader() *protocol.Reader { return p.read }
 
-// EnsureStreams creates the delta and snapshot streams, or updates their limits.
+// EnsureStreams checks the server (CheckServer: its errors wrapping ErrUnsupportedServer
+// or ErrNoJetStream are final) and creates the delta and snapshot streams, or updates
+// their limits.
 func (p *Publisher) EnsureStreams(ctx context.Context) error {
 	if err := p.fenced("create streams"); err != nil {
+		return err
+	}
+	if err := CheckServer(ctx, p.nc); err != nil {
 		return err
 	}
 	deltas := jetstream.StreamConfig{
@@ -170,6 +193,45 @@ func (p *Publisher) EnsureStreams(ctx context.Context) error {
 		if _, err := p.js.CreateOrUpdateStream(ctx, sc); err != nil {
 			return fmt.Errorf("create stream %s: %w", sc.Name, err)
 		}
+	}
+	if err := p.repairSnapshot(ctx); err != nil {
+		return fmt.Errorf("check the stored snapshot: %w", err)
+	}
+	return nil
+}
+
+// repairSnapshot deletes the stored manifest when the chunks it names are gone: a syncer
+// before the literal-subject purge (purgeSnapshots) deleted them on nats-server 2.9 to
+// 2.11, leaving a snapshot no one can read, which readers (and a syncer restoring from
+// the streams) retried forever. Without it the stream holds deltas but no snapshot,
+// which the syncer repairs with a full sync and routers bootstrap from once written.
+// Only that manifest message (by sequence) is deleted: one written since survives.
+func (p *Publisher) repairSnapshot(ctx context.Context) error {
+	st, err := p.read.Last(ctx, p.names.SnapshotStream, p.names.Manifest())
+	if errors.Is(err, protocol.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var m protocol.Manifest
+	if json.Unmarshal(st.Data, &m) != nil || m.Validate() != nil {
+		return nil // not ours to judge: readers reject it as invalid
+	}
+	s, err := p.js.Stream(ctx, p.names.SnapshotStream)
+	if err != nil {
+		return err
+	}
+	subject := p.names.ChunkSubject(m.Revision)
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		return err
+	}
+	if info.State.Subjects[subject] >= uint64(len(m.Sequences)) {
+		return nil
+	}
+	if err := s.DeleteMsg(ctx, st.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return fmt.Errorf("delete the manifest of snapshot %d, whose chunks are gone: %w", m.Revision, err)
 	}
 	return nil
 }
@@ -378,19 +440,61 @@ func (p *Publisher) WriteSnapshotFrom(ctx context.Context, snap *cache.Snapshot,
 	if err := p.fenced(fmt.Sprintf("purge snapshots before %d", snap.Revision())); err != nil {
 		return man, err
 	}
-	s, err := p.js.Stream(ctx, p.names.SnapshotStream)
-	if err == nil {
-		keepFrom := seqs[0]
-		if prev != nil && len(prev.Sequences) > 0 && prev.Sequences[0] < keepFrom {
-			keepFrom = prev.Sequences[0]
-		}
-		err = s.Purge(ctx, jetstream.WithPurgeSubject(p.names.ChunkSubjects()), jetstream.WithPurgeSequence(keepFrom))
-		if err == nil {
-			err = s.Purge(ctx, jetstream.WithPurgeSubject(p.names.Manifest()), jetstream.WithPurgeKeep(1))
-		}
-	}
-	if err != nil {
+	if err := p.purgeSnapshots(ctx, man, prev); err != nil {
 		return man, fmt.Errorf("purge old snapshots after writing %d: %w", snap.Revision(), err)
 	}
 	return man, nil
+}
+
+// purgeSnapshots keeps the snapshot just written (cur) and the one before it (prev, which
+// a router may still be reading) and purges every other chunk and manifest.
+//
+// Every purge names one literal subject, found in the stream's subject listing: older
+// servers (measured on 2.9.10, 2.10.29 and 2.11.12; fixed in 2.12.10 and 2.14.2) purge
+// every matching message when a purge combines a wildcard subject with a sequence, the new
+// snapshot's chunks included.
+// Chunks of a revision above cur are left alone: another syncer may be writing them (the
+// next snapshot written after them purges them).
+func (p *Publisher) purgeSnapshots(ctx context.Context, cur, prev *protocol.Manifest) error {
+	s, err := p.js.Stream(ctx, p.names.SnapshotStream)
+	if err != nil {
+		return err
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(p.names.ChunkSubjects()))
+	if err != nil {
+		return err
+	}
+	// keep maps each kept chunk subject to its first sequence to keep and its chunk count.
+	type kept struct {
+		from  uint64
+		count uint64
+	}
+	keep := map[string]kept{p.names.ChunkSubject(cur.Revision): {cur.Sequences[0], uint64(len(cur.Sequences))}}
+	if prev != nil && len(prev.Sequences) > 0 {
+		subj := p.names.ChunkSubject(prev.Revision)
+		k := keep[subj] // a forced rewrite of the same revision shares the subject
+		if k.count == 0 || prev.Sequences[0] < k.from {
+			k.from = prev.Sequences[0]
+		}
+		k.count += uint64(len(prev.Sequences))
+		keep[subj] = k
+	}
+	chunkPrefix := strings.TrimSuffix(p.names.ChunkSubjects(), ">")
+	for subj, n := range info.State.Subjects {
+		if k, ok := keep[subj]; ok {
+			if n > k.count { // older chunks on a kept subject: a failed or replaced write
+				if err := s.Purge(ctx, jetstream.WithPurgeSubject(subj), jetstream.WithPurgeSequence(k.from)); err != nil {
+					return fmt.Errorf("%s: %w", subj, err)
+				}
+			}
+			continue
+		}
+		if rev, err := strconv.ParseInt(strings.TrimPrefix(subj, chunkPrefix), 10, 64); err == nil && rev > cur.Revision {
+			continue
+		}
+		if err := s.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
+			return fmt.Errorf("%s: %w", subj, err)
+		}
+	}
+	return s.Purge(ctx, jetstream.WithPurgeSubject(p.names.Manifest()), jetstream.WithPurgeKeep(1))
 }

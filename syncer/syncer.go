@@ -309,6 +309,9 @@ func (s *Syncer) runDatabase(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		if fatalNATS(err) {
+			return err // refuse to run: the error names the server and what it lacks
+		}
 		if errors.Is(err, errNewTimeline) {
 			// Not a failure: the next term publishes the database's timeline at once.
 			s.log.WarnContext(ctx, "syncer: the database is on a new timeline; starting a new term to publish it", "error", err)

@@ -215,7 +215,7 @@ func (s *term) ensureStreams(ctx context.Context) error {
 			s.publishOK()
 			return nil
 		}
-		if errors.Is(err, leadership.ErrLost) {
+		if errors.Is(err, leadership.ErrLost) || fatalNATS(err) {
 			return err
 		}
 		d := backoff(attempt)
@@ -224,6 +224,11 @@ func (s *term) ensureStreams(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// fatalNATS reports a NATS server this product cannot work with: retrying cannot help.
+func fatalNATS(err error) bool {
+	return errors.Is(err, publisher.ErrUnsupportedServer) || errors.Is(err, publisher.ErrNoJetStream)
 }
 
 // publishOK records that NATS took a write (readiness: the leader can publish).

@@ -20,11 +20,12 @@ import (
 	"github.com/beamline/registry-syncer/test/harness"
 )
 
-// testBundle is one test's world: a migrated schema of its own, an in-process NATS
-// server of its own, and a subject prefix.
+// testBundle is one test's world: a migrated schema of its own, a NATS server of its own
+// (in-process, or real nats-server processes: setupOn), and a subject prefix.
 type testBundle struct {
 	schema *harness.Schema
-	nats   *harness.NATS
+	nats   *harness.NATS // the in-process server (nil with setupOn)
+	url    string        // NATS URL(s) of the test's server, comma-separated for a cluster
 	prefix string
 	names  protocol.Names
 	nc     *nats.Conn // the test's own connection: forged messages, stream reads
@@ -35,14 +36,27 @@ type testBundle struct {
 
 func setup(t *testing.T, prefix string) *testBundle {
 	t.Helper()
+	srv := harness.NewNATS(t, harness.NATSOptions{})
+	b := setupOn(t, prefix, srv.URL())
+	b.nats = srv
+	return b
+}
+
+// setupOn is setup on the NATS server(s) at url, which the test started.
+func setupOn(t *testing.T, prefix, url string) *testBundle {
+	t.Helper()
 	pg := harness.PG(t)
 	recordCluster(pg)
-	b := &testBundle{schema: pg.NewSchema(t), nats: harness.NewNATS(t, harness.NATSOptions{}), prefix: prefix}
+	b := &testBundle{schema: pg.NewSchema(t), url: url, prefix: prefix}
 	var err error
 	if b.names, err = protocol.NewNames(prefix); err != nil {
 		t.Fatal(err)
 	}
-	b.nc = b.nats.Connect(t, nats.Name("e2e-test"))
+	b.nc, err = nats.Connect(url, nats.Name("e2e-test"), nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond))
+	if err != nil {
+		t.Fatalf("connect nats: %v", err)
+	}
+	t.Cleanup(b.nc.Close)
 	if b.js, err = jetstream.New(b.nc); err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +68,7 @@ func setup(t *testing.T, prefix string) *testBundle {
 func (b *testBundle) vars(overrides ...string) map[string]string {
 	v := map[string]string{
 		"EXTENSION_REGISTRY_DATABASE_URL":          b.schema.URL,
-		"EXTENSION_REGISTRY_NATS_URL":              b.nats.URL(),
+		"EXTENSION_REGISTRY_NATS_URL":              b.url,
 		"EXTENSION_REGISTRY_SUBJECT_PREFIX":        b.prefix,
 		"EXTENSION_REGISTRY_HTTP_ADDR":             "127.0.0.1:0", // port 0: the log line "admin: listening" tells the port
 		"EXTENSION_REGISTRY_ADMIN_TOKEN":           "e2e-admin-token-0123456789",

@@ -100,7 +100,7 @@ func TestCorruptPayloadsRejected(t *testing.T) {
 	b.publishDelta(t, &protocol.Delta{Revision: good.Revision() + 1, PrevRevision: good.Revision(), Checksum: badChecksum,
 		Count: good.Len(), Source: protocol.SourceDatabase, CommittedAt: time.Now().UTC(), Resync: true})
 	keepsServing("a stored snapshot with a wrong checksum", 3)
-	late := b.startRouter(t, b.nats.URL())
+	late := b.startRouter(t, b.url)
 	eventually(t, 5*time.Second, "the new router rejects the stored snapshot", func() error {
 		if late.rejected.Load() == 0 {
 			return fmt.Errorf("%s: no rejection", late.name)

@@ -26,7 +26,11 @@ const failoverWithin = 10 * time.Second
 // duplicate in the stream.
 func TestFailover(t *testing.T) {
 	t.Parallel()
-	b := setup(t, "e2e.failover")
+	testFailover(t, setup(t, "e2e.failover"))
+}
+
+// testFailover is TestFailover on b, with syncer configuration overrides.
+func testFailover(t *testing.T, b *testBundle, overrides ...string) {
 	b.seedDefaults(t)
 
 	// Who sends heartbeats: the syncer field is host:pid.
@@ -50,7 +54,7 @@ func TestFailover(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = sub.Unsubscribe() })
 
-	procs := []*syncerProc{b.startSyncer(t), b.startSyncer(t)}
+	procs := []*syncerProc{b.startSyncer(t, overrides...), b.startSyncer(t, overrides...)}
 	var leader, standby *syncerProc
 	leader, standby = b.leaderAndStandby(t, procs)
 	base := b.storedSnapshot(t)

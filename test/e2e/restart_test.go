@@ -34,7 +34,7 @@ func TestLateJoinerWhileSyncerStopped(t *testing.T) {
 
 	first.kill(t)
 	start := time.Now()
-	late := b.startRouter(t, b.nats.URL())
+	late := b.startRouter(t, b.url)
 	eventually(t, 10*time.Second, "the late joiner bootstrapped", func() error { return late.serves(published) })
 	t.Logf("late joiner with no syncer running: revision %d served %s after start (snapshot %d + stored deltas)",
 		published.Revision(), time.Since(start).Round(time.Millisecond), base.Revision())

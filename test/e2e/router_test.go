@@ -184,7 +184,7 @@ type watcher struct {
 func (b *testBundle) startWatcher(t *testing.T) *watcher {
 	t.Helper()
 	vars := map[string]string{
-		"EXTENSION_REGISTRY_NATS_URL":       b.nats.URL(),
+		"EXTENSION_REGISTRY_NATS_URL":       b.url,
 		"EXTENSION_REGISTRY_SUBJECT_PREFIX": b.prefix,
 		"EXTENSION_REGISTRY_LOG_FORMAT":     "json",
 	}
@@ -225,7 +225,7 @@ func (b *testBundle) startFleet(t *testing.T, n int, withWatch bool) *fleet {
 	t.Helper()
 	f := &fleet{}
 	for range n {
-		f.routers = append(f.routers, b.startRouter(t, b.nats.URL()))
+		f.routers = append(f.routers, b.startRouter(t, b.url))
 	}
 	if withWatch {
 		f.watch = b.startWatcher(t)
