@@ -128,15 +128,12 @@ func (s *term) leadLoop(ctx context.Context) error {
 	if err := s.catchUp(ctx, pool, 0); err != nil {
 		return err
 	}
-	// A full comparison once per term: what the database holds invalid is withheld (and
-	// named) from the start, and drift left by writes past the triggers is repaired now
-	// rather than at the first periodic reconcile.
-	if err := s.reconcile(ctx, pool); err != nil {
-		return err
-	}
-
 	reconcile := time.NewTicker(s.cfg.SyncInterval)
 	defer reconcile.Stop()
+	// A full comparison early in every term, after the first heartbeat: what the database
+	// holds invalid is withheld (and named) from the start, and drift left by writes past
+	// the triggers is repaired now rather than at the first periodic reconcile.
+	firstReconcile := time.After(s.cfg.HeartbeatInterval)
 	beat := time.NewTicker(s.cfg.HeartbeatInterval)
 	defer beat.Stop()
 	var seenReconnects, seenNotifications int64
@@ -189,6 +186,10 @@ func (s *term) leadLoop(ctx context.Context) error {
 				return err
 			}
 		case <-reconcile.C:
+			if err := s.reconcile(ctx, pool); err != nil {
+				return err
+			}
+		case <-firstReconcile:
 			if err := s.reconcile(ctx, pool); err != nil {
 				return err
 			}
