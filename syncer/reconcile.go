@@ -140,7 +140,9 @@ func (db registryRead) drift(published *cache.Snapshot) []string {
 	return out
 }
 
-// adoptInvalid brings the withheld set in line with a full read at the cursor's revision:
+// adoptInvalid brings the withheld set in line with a full read (at the cursor's
+// revision, or later: the shadows then replay the revisions in between, which ends at the
+// same content):
 // every aggregate the database holds invalid is withheld with the database's version as
 // its shadow; a withheld aggregate the database now holds valid and as published (or
 // holds no more, as published) is simply released. One the database holds valid but

@@ -130,10 +130,10 @@ func (s *term) leadLoop(ctx context.Context) error {
 	}
 	reconcile := time.NewTicker(s.cfg.SyncInterval)
 	defer reconcile.Stop()
-	// A full comparison early in every term, after the first heartbeat: what the database
-	// holds invalid is withheld (and named) from the start, and drift left by writes past
-	// the triggers is repaired now rather than at the first periodic reconcile.
-	firstReconcile := time.After(s.cfg.HeartbeatInterval)
+	// Early in every term, after the first heartbeat, one full read finds what the
+	// database holds invalid, so it is withheld and named from the start (a read, not a
+	// reconcile: under sustained writes a reconcile's catch-up would hold back heartbeats).
+	findInvalid := time.After(s.cfg.HeartbeatInterval)
 	beat := time.NewTicker(s.cfg.HeartbeatInterval)
 	defer beat.Stop()
 	var seenReconnects, seenNotifications int64
@@ -189,10 +189,13 @@ func (s *term) leadLoop(ctx context.Context) error {
 			if err := s.reconcile(ctx, pool); err != nil {
 				return err
 			}
-		case <-firstReconcile:
-			if err := s.reconcile(ctx, pool); err != nil {
-				return err
+		case <-findInvalid:
+			db, err := readConsistent(ctx, pool)
+			if err != nil {
+				s.log.WarnContext(ctx, "syncer: reading the registry for invalid rows failed; the next reconcile does it", "error", err)
+				continue
 			}
+			s.adoptInvalid(db)
 		case done := <-s.force:
 			err := s.reconcile(ctx, pool)
 			done <- err

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -85,9 +86,20 @@ func TestSmoke(t *testing.T) {
 	if len(back.Ratios) != len(o.plan.Rates) {
 		t.Errorf("ratios: %+v, want one per rate", back.Ratios)
 	}
+	// A ratio is measured when it is a finite non-zero number. It may be negative in a
+	// smoke run: the origin of every sample is "COMMIT returned to the writer", and with
+	// ten samples on an idle path the notification can reach the subscriber before the
+	// writer sees its COMMIT return (a floor p50 of -0.14 ms was seen), so the sign of a
+	// tiny ratio says nothing; make bench's real runs report it.
+	measured := func(name string, v float64) {
+		t.Helper()
+		if v == 0 || math.IsNaN(v) || math.IsInf(v, 0) {
+			t.Errorf("%s = %v, want a measured value", name, v)
+		}
+	}
 	for _, r := range back.Ratios {
-		positive("p50 ratio", r.P50)
-		positive("p99 ratio", r.P99)
+		measured("p50 ratio", r.P50)
+		measured("p99 ratio", r.P99)
 	}
 	if b := back.Burst; b == nil {
 		t.Error("burst: no result")
