@@ -117,11 +117,13 @@ func TestListener(t *testing.T) {
 		appName string
 		conns   *atomic.Int64  // onConnected calls
 		proxy   *harness.Proxy // between the LISTEN connection and PostgreSQL, if asked for
+		swallow *swallowProxy  // same, one that can drop notifications
 	}
 
 	type setupOpts struct {
 		proxy         bool // LISTEN through a proxy
 		probeViaProxy bool // probes through the same proxy (else direct)
+		swallow       bool // LISTEN through a swallowProxy, probes direct
 		log           bool // log to the test's output
 	}
 
@@ -136,6 +138,15 @@ func TestListener(t *testing.T) {
 		if opts.proxy {
 			cfg.URL, b.proxy = viaProxy(t, b.schema.URL)
 		}
+		if opts.swallow {
+			u, err := url.Parse(b.schema.URL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b.swallow = newSwallowProxy(t, u.Host)
+			u.Host = b.swallow.addr()
+			cfg.URL = u.String()
+		}
 		cfg.AppName = b.appName
 		cfg.BackoffMin = 10 * time.Millisecond
 		cfg.BackoffMax = 50 * time.Millisecond
@@ -147,7 +158,7 @@ func TestListener(t *testing.T) {
 		if err != nil {
 			t.Fatalf("New: %v", err)
 		}
-		if opts.proxy && !opts.probeViaProxy {
+		if (opts.proxy && !opts.probeViaProxy) || opts.swallow {
 			listener.SetProbeURL(l, b.schema.URL)
 		}
 		return l, b
@@ -373,6 +384,39 @@ func TestListener(t *testing.T) {
 			waitNotified(t, l, n+1)
 		})
 	}
+
+	// A path that answers queries but delivers no notification (a ping would pass) is
+	// found dead within 10 s too, and recovered once notifications flow again.
+	t.Run("SwallowedNotificationsDetected", func(t *testing.T) {
+		t.Parallel()
+		const detectWithin = 10 * time.Second
+		l, b := setup(t, listener.Config{}, &setupOpts{swallow: true, log: true})
+		start(t, l)
+		waitWake(t, l, "Connected")
+		insertExtension(t, b.schema, "before")
+		waitWake(t, l, "notification before swallowing")
+
+		b.swallow.swallow.Store(true)
+		since := time.Now()
+		for l.Listening() {
+			if time.Since(since) > detectWithin {
+				t.Fatalf("LISTEN connection that hears nothing still Listening() after %s", detectWithin)
+			}
+			select {
+			case <-time.After(5 * time.Millisecond):
+			case <-t.Context().Done():
+				t.Fatal(t.Context().Err())
+			}
+		}
+		t.Logf("lost notifications detected after %s", time.Since(since).Round(time.Millisecond))
+
+		before := b.conns.Load()
+		b.swallow.swallow.Store(false)
+		checkFor(t, "listening again", func() bool { return l.Listening() && b.conns.Load() > before })
+		_, n := l.Stats()
+		insertExtension(t, b.schema, "after")
+		waitNotified(t, l, n+1)
+	})
 
 	// Start and Stop from many goroutines at once, on listeners at every stage (dialling,
 	// LISTEN, listening): exactly one Start succeeds, every Stop returns, nothing leaks
