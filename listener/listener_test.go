@@ -125,6 +125,7 @@ func TestListener(t *testing.T) {
 		probeViaProxy bool // probes through the same proxy (else direct)
 		swallow       bool // LISTEN through a swallowProxy, probes direct
 		log           bool // log to the test's output
+		onConnected   func(b *testBundle)
 	}
 
 	setup := func(t *testing.T, cfg listener.Config, opts *setupOpts) (*listener.Listener, *testBundle) {
@@ -154,7 +155,12 @@ func TestListener(t *testing.T) {
 		if opts.log {
 			log = slog.New(slog.NewTextHandler(t.Output(), nil))
 		}
-		l, err := listener.New(cfg, log, func() { b.conns.Add(1) })
+		l, err := listener.New(cfg, log, func() {
+			b.conns.Add(1)
+			if opts.onConnected != nil {
+				opts.onConnected(b)
+			}
+		})
 		if err != nil {
 			t.Fatalf("New: %v", err)
 		}
@@ -416,6 +422,42 @@ func TestListener(t *testing.T) {
 		_, n := l.Stats()
 		insertExtension(t, b.schema, "after")
 		waitNotified(t, l, n+1)
+	})
+
+	// The connected event comes after LISTEN: a commit made in response to it (as the
+	// syncer's catch-up reads the change log then) is always notified.
+	t.Run("ConnectedAfterListen", func(t *testing.T) {
+		t.Parallel()
+		l, b := setup(t, listener.Config{}, &setupOpts{onConnected: func(b *testBundle) {
+			insertExtension(t, b.schema, fmt.Sprintf("on-connected-%d", b.conns.Load()))
+		}})
+		start(t, l)
+		waitNotified(t, l, 1)
+		if _, err := b.schema.PG.TerminateBackends(t.Context(), b.appName); err != nil {
+			t.Fatal(err)
+		}
+		waitNotified(t, l, 2)
+		if got := b.conns.Load(); got != 2 {
+			t.Fatalf("onConnected called %d times, want 2", got)
+		}
+	})
+
+	// Stop returns promptly even when the LISTEN connection's network is a black hole.
+	t.Run("StopWhileStalled", func(t *testing.T) {
+		t.Parallel()
+		l, b := setup(t, listener.Config{}, &setupOpts{proxy: true, probeViaProxy: true})
+		start(t, l)
+		waitWake(t, l, "Connected")
+		b.proxy.Stall()
+		start := time.Now()
+		stopped := make(chan struct{})
+		go func() { l.Stop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(2 * time.Second):
+			t.Fatal("Stop blocked on a stalled connection for 2s")
+		}
+		t.Logf("Stop took %s on a stalled connection", time.Since(start).Round(time.Millisecond))
 	})
 
 	// Start and Stop from many goroutines at once, on listeners at every stage (dialling,
