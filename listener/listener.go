@@ -95,7 +95,7 @@ func (c Config) validate() error {
 		d    time.Duration
 	}{{"PingInterval", c.PingInterval}, {"PingTimeout", c.PingTimeout}, {"ConnectTimeout", c.ConnectTimeout}} {
 		if f.d < 0 {
-			errs = append(errs, fmt.Errorf("listener: %s must be positive (got %s)", f.name, f.d))
+			errs = append(errs, fmt.Errorf("listener: %s must not be negative (got %s)", f.name, f.d))
 		}
 	}
 	if c.BackoffMin <= 0 || c.BackoffMax < c.BackoffMin {
@@ -473,24 +473,32 @@ func (l *Listener) watch(ctx context.Context, channel string) {
 	}
 }
 
-// sendProbe sends probe seq through *conn, dialling it first if needed, by deadline.
+// sendProbe sends probe seq through *conn by deadline. A connection that fails is closed
+// and, if it was an old one (its backend may simply have been terminated), replaced by a
+// fresh one for a second try: only the LISTEN connection's liveness is in question.
 func (l *Listener) sendProbe(ctx context.Context, conn **pgx.Conn, channel string, seq uint64, deadline time.Time) error {
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	if *conn == nil {
-		c, err := dial(ctx, l.probeURL, l.cfg.AppName+"-probe", l.cfg.ConnectTimeout)
-		if err != nil {
-			return fmt.Errorf("probe: connect: %w", err)
-		}
-		*conn = c
-	}
 	payload := l.probeTag + strconv.FormatUint(seq, 10)
-	if _, err := (*conn).Exec(ctx, `SELECT pg_notify($1, $2)`, channel, payload); err != nil {
+	for {
+		fresh := *conn == nil
+		if fresh {
+			c, err := dial(ctx, l.probeURL, l.cfg.AppName+"-probe", l.cfg.ConnectTimeout)
+			if err != nil {
+				return fmt.Errorf("probe: connect: %w", err)
+			}
+			*conn = c
+		}
+		_, err := (*conn).Exec(ctx, `SELECT pg_notify($1, $2)`, channel, payload)
+		if err == nil {
+			return nil
+		}
 		closeConn(*conn)
 		*conn = nil
-		return fmt.Errorf("probe: notify: %w", err)
+		if fresh || ctx.Err() != nil {
+			return fmt.Errorf("probe: notify: %w", err)
+		}
 	}
-	return nil
 }
 
 // waitHeard waits until probe seq is heard back or the deadline passes.

@@ -329,6 +329,28 @@ func TestListener(t *testing.T) {
 		}
 	})
 
+	// Losing the probe connection is not losing the LISTEN connection: the probe is sent
+	// again on a fresh connection and the listener stays up.
+	t.Run("ProbeConnectionTerminated", func(t *testing.T) {
+		t.Parallel()
+		l, b := setup(t, listener.Config{PingInterval: 20 * time.Millisecond}, nil)
+		start(t, l)
+		waitWake(t, l, "Connected")
+		checkFor(t, "a probe heard back", func() bool { return listener.ProbesHeard(l) >= 1 })
+		for range 3 {
+			killed, err := b.schema.PG.TerminateBackends(t.Context(), b.appName+"-probe")
+			if err != nil || killed != 1 {
+				t.Fatalf("terminated %d probe backends (err %v), want 1", killed, err)
+			}
+			heard := listener.ProbesHeard(l)
+			checkFor(t, "two more probes heard back", func() bool { return listener.ProbesHeard(l) >= heard+2 })
+		}
+		if r, _ := l.Stats(); r != 0 || !l.Listening() {
+			t.Fatalf("reconnects = %d, Listening() = %v after the probe connection was terminated, want 0, true", r, l.Listening())
+		}
+		noWake(t, l, 100*time.Millisecond, "by the probe connection's loss")
+	})
+
 	// A LISTEN connection whose network goes silent (no RST, no FIN) is found dead within
 	// 10 s with the default probe settings and no notification traffic, then recovered
 	// once the network is back. With probes direct, only the LISTEN connection's path is
