@@ -75,16 +75,25 @@ func insertExtension(t *testing.T, s *harness.Schema, id string) {
 	}
 }
 
-// viaProxy starts a proxy to rawURL's server and returns rawURL pointing at the proxy.
-func viaProxy(t *testing.T, rawURL string) (string, *harness.Proxy) {
+// hostOf returns rawURL's host:port.
+func hostOf(t *testing.T, rawURL string) string {
 	t.Helper()
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := harness.NewProxy(t, u.Host)
-	u.Host = p.Addr()
-	return u.String(), p
+	return u.Host
+}
+
+// withHost returns rawURL pointing at host:port instead.
+func withHost(t *testing.T, rawURL, host string) string {
+	t.Helper()
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Host = host
+	return u.String()
 }
 
 // notify sends a notification with payload on the registry channel of s.
@@ -137,16 +146,12 @@ func TestListener(t *testing.T) {
 		b.appName = fmt.Sprintf("listener-test-%d", appSeq.Add(1))
 		cfg.URL = b.schema.URL
 		if opts.proxy {
-			cfg.URL, b.proxy = viaProxy(t, b.schema.URL)
+			b.proxy = harness.NewProxy(t, hostOf(t, b.schema.URL))
+			cfg.URL = withHost(t, b.schema.URL, b.proxy.Addr())
 		}
 		if opts.swallow {
-			u, err := url.Parse(b.schema.URL)
-			if err != nil {
-				t.Fatal(err)
-			}
-			b.swallow = newSwallowProxy(t, u.Host)
-			u.Host = b.swallow.addr()
-			cfg.URL = u.String()
+			b.swallow = newSwallowProxy(t, hostOf(t, b.schema.URL))
+			cfg.URL = withHost(t, b.schema.URL, b.swallow.addr())
 		}
 		cfg.AppName = b.appName
 		cfg.BackoffMin = 10 * time.Millisecond
@@ -424,7 +429,7 @@ func TestListener(t *testing.T) {
 		insertExtension(t, b.schema, "before")
 		waitWake(t, l, "notification before swallowing")
 
-		b.swallow.swallow.Store(true)
+		b.swallow.on.Store(true)
 		since := time.Now()
 		for l.Listening() {
 			if time.Since(since) > detectWithin {
@@ -439,7 +444,7 @@ func TestListener(t *testing.T) {
 		t.Logf("lost notifications detected after %s", time.Since(since).Round(time.Millisecond))
 
 		before := b.conns.Load()
-		b.swallow.swallow.Store(false)
+		b.swallow.on.Store(false)
 		checkFor(t, "listening again", func() bool { return l.Listening() && b.conns.Load() > before })
 		_, n := l.Stats()
 		insertExtension(t, b.schema, "after")
@@ -451,7 +456,14 @@ func TestListener(t *testing.T) {
 	t.Run("ConnectedAfterListen", func(t *testing.T) {
 		t.Parallel()
 		l, b := setup(t, listener.Config{}, &setupOpts{onConnected: func(b *testBundle) {
-			insertExtension(t, b.schema, fmt.Sprintf("on-connected-%d", b.conns.Load()))
+			// On the listener's goroutine: report, don't Fatal.
+			ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+			defer cancel()
+			id := fmt.Sprintf("on-connected-%d", b.conns.Load())
+			if _, err := b.schema.Pool.Exec(ctx, `INSERT INTO extensions (id, type, subject, timeout_ms) VALUES ($1, 'pre', $2, 100)`,
+				id, "beamline.ext.pre."+id+".v1"); err != nil {
+				t.Errorf("insert from onConnected: %v", err)
+			}
 		}})
 		start(t, l)
 		waitNotified(t, l, 1)

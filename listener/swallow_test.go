@@ -14,9 +14,9 @@ import (
 // but no notification arrives, as behind a pooler that moved the session to a backend
 // without the LISTEN. Test-local: it parses the backend message framing (no TLS).
 type swallowProxy struct {
-	target  string
-	ln      net.Listener
-	swallow atomic.Bool
+	target string
+	ln     net.Listener
+	on     atomic.Bool // swallowing now
 
 	mu    sync.Mutex
 	conns []net.Conn
@@ -96,7 +96,7 @@ func (p *swallowProxy) filter(dst, src net.Conn) {
 		if _, err := io.ReadFull(src, msg[5:]); err != nil {
 			return
 		}
-		if hdr[0] == 'A' && p.swallow.Load() {
+		if hdr[0] == 'A' && p.on.Load() {
 			continue
 		}
 		if _, err := dst.Write(msg); err != nil {
