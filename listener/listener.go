@@ -128,6 +128,7 @@ type Listener struct {
 	dialled   bool      // Connect ran before: the next call is a reconnect
 	attempts  int       // failed attempts since LISTEN was last confirmed
 	lastErr   error     // why the previous attempt ended
+	killed    error     // why watch dropped the current connection, if it did
 	first     *pgx.Conn // dialled while resolving the channel, handed to pgxlisten's first Connect
 	cur       *session  // the connection pgxlisten holds, from dial until it is lost
 	cancel    context.CancelFunc
@@ -325,7 +326,8 @@ func (l *Listener) connect(ctx context.Context) (*pgx.Conn, error) {
 
 	if retry {
 		delay := backoff(l.cfg.BackoffMin, l.cfg.BackoffMax, attempt)
-		l.log.WarnContext(ctx, "listener: connection lost, reconnecting", "error", lastErr, "attempt", attempt, "sleep_duration", delay)
+		l.log.WarnContext(ctx, "listener: connection lost, reconnecting",
+			slog.Any("error", lastErr), slog.Int("attempt", attempt), slog.Duration("sleep_duration", delay))
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
@@ -361,6 +363,10 @@ func (l *Listener) connLost(_ context.Context, err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.listening, l.cur = false, nil
+	if l.killed != nil {
+		err = fmt.Errorf("no proof of life: %w (then %w)", l.killed, err)
+		l.killed = nil
+	}
 	l.lastErr = err
 }
 
@@ -387,7 +393,7 @@ func (h handler) HandleBacklog(ctx context.Context, channel string, conn *pgx.Co
 		l.cur.confirmed, l.cur.since = true, time.Now()
 	}
 	l.mu.Unlock()
-	l.log.InfoContext(ctx, "listener: listening", "channel", channel)
+	l.log.InfoContext(ctx, "listener: listening", slog.String("channel", channel))
 	if l.onConn != nil {
 		l.onConn()
 	}
@@ -526,8 +532,8 @@ func (l *Listener) kill(ctx context.Context, s *session, reason error) {
 		l.mu.Unlock()
 		return
 	}
-	l.listening, l.cur = false, nil
+	l.listening, l.cur, l.killed = false, nil, reason
 	l.mu.Unlock()
-	l.log.WarnContext(ctx, "listener: no proof of life, dropping the connection", "error", reason)
+	l.log.WarnContext(ctx, "listener: no proof of life, dropping the connection", slog.Any("error", reason))
 	_ = s.conn.PgConn().Conn().SetDeadline(time.Now())
 }
