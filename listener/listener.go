@@ -388,9 +388,10 @@ type handler struct{ l *Listener }
 func (h handler) HandleBacklog(ctx context.Context, channel string, conn *pgx.Conn) error {
 	l := h.l
 	l.mu.Lock()
-	l.attempts, l.listening = 0, true
+	// Unless watch dropped this connection meanwhile (its next read fails at once).
 	if l.cur != nil && l.cur.conn == conn {
 		l.cur.confirmed, l.cur.since = true, time.Now()
+		l.attempts, l.listening = 0, true
 	}
 	l.mu.Unlock()
 	l.log.InfoContext(ctx, "listener: listening", slog.String("channel", channel))
