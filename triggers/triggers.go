@@ -16,7 +16,8 @@ import (
 var SQL string
 
 // ChannelQuery returns the NOTIFY channel of the registry in the connection's schema.
-// A notification's payload is the committed revision as decimal text, nothing else.
+// A trigger's notification carries the committed revision as decimal text, nothing else;
+// the listener's liveness probes on the same channel carry "probe:<listener>:<seq>".
 const ChannelQuery = `SELECT registry_channel()`
 
 // Install creates the triggers inside tx.
