@@ -89,6 +89,17 @@ type Publisher struct {
 	read  *protocol.Reader
 	// fence, when set, is asked immediately before every write; its error stops the write.
 	fence func() error
+	// quiet stores deltas without announcing them on the live subject.
+	quiet bool
+}
+
+// Quiet returns a publisher on the same connection whose StoreDelta stores without
+// announcing on the live subject: for repairs of old deltas that routers read from the
+// stream when they need them (announcing them would wake every router for nothing).
+func (p *Publisher) Quiet() *Publisher {
+	q := *p
+	q.quiet = true
+	return &q
 }
 
 // WithFence returns a publisher on the same connection that asks fence before every write
@@ -304,6 +315,9 @@ func (p *Publisher) StoreDelta(ctx context.Context, d *protocol.Delta, data []by
 		}
 	} else {
 		seq = ack.Sequence
+	}
+	if p.quiet {
+		return seq, nil
 	}
 	if err := p.fenced(fmt.Sprintf("announce delta %d", d.Revision)); err != nil {
 		return seq, err

@@ -96,6 +96,9 @@ func (s *term) catchUpUntil(ctx context.Context, pool *pgxpool.Pool, upTo int64,
 }
 
 func (s *term) caughtUpTo(dbRev int64) {
+	if s.cursor >= dbRev {
+		s.caughtUpOnce = true
+	}
 	s.metrics.DatabaseRevision.Set(float64(dbRev))
 	s.update(func(st *Status) {
 		st.DatabaseRevision, st.CaughtUp = dbRev, s.cursor >= dbRev

@@ -52,3 +52,21 @@ func (h *history) storedFrom(seq uint64) []*published {
 	}
 	return out
 }
+
+// byRevision returns the retained delta of revision rev, or nil. Deltas are retained in
+// publish order, which is revision order.
+func (h *history) byRevision(rev int64) *published {
+	lo, hi := 0, len(h.items)
+	for lo < hi {
+		mid := (lo + hi) / 2
+		if h.at(mid).delta.Revision < rev {
+			lo = mid + 1
+		} else {
+			hi = mid
+		}
+	}
+	if lo < len(h.items) && h.at(lo).delta.Revision == rev {
+		return h.at(lo)
+	}
+	return nil
+}

@@ -120,3 +120,67 @@ func (s *term) republish(ctx context.Context, ps []*published) {
 }
 
 func isStreamMissing(err error) bool { return errors.Is(err, jetstream.ErrStreamNotFound) }
+
+// chainStep bounds the stored deltas verifyChain reads per heartbeat.
+const chainStep = 64
+
+// verifyChain checks, a bounded number of deltas per heartbeat, that the stream still holds
+// the chain routers walk: from the newest published revision back through prev links to
+// the stored snapshot. checkStream finds a lost tail; this finds a hole in the middle (a
+// delta deleted, or lost by a replica) that would leave a router needing it waiting for
+// the next snapshot. A missing delta this term published is stored again with its
+// original content, quietly (routers read it from the stream when they need it); one it
+// cannot restore is covered by writing the current snapshot, above the hole.
+func (s *term) verifyChain(ctx context.Context) {
+	if s.snap == nil {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, s.cfg.HeartbeatInterval)
+	defer cancel()
+	r := s.pub.Reader()
+	man, err := r.Manifest(cctx)
+	if err != nil {
+		return // checkStream deals with a missing manifest
+	}
+	rev := s.chainNext
+	if rev <= man.Revision || rev > s.snap.Revision() {
+		rev = s.snap.Revision() // start again from the head
+	}
+	quiet := s.pub.Quiet()
+	for i := 0; i < chainStep && rev > man.Revision; i++ {
+		d, err := r.Delta(cctx, rev)
+		switch {
+		case err == nil:
+			rev = d.PrevRevision
+			continue
+		case !errors.Is(err, protocol.ErrNotFound):
+			s.chainNext = rev
+			return // NATS does not answer: go on next time
+		}
+		p := s.history.byRevision(rev)
+		if p == nil {
+			s.log.ErrorContext(ctx, "syncer: the stream lacks a delta between the snapshot and the head that this syncer cannot restore; writing the current snapshot above it",
+				"missing", rev, "snapshot", man.Revision, "published", s.snap.Revision())
+			s.snapForce.Store(true)
+			s.kickSnapshotWriter()
+			s.chainNext = 0
+			return
+		}
+		seq, err := quiet.StoreDelta(cctx, p.delta, p.data)
+		if err != nil {
+			s.metrics.PublishErrors.Inc()
+			s.log.WarnContext(ctx, "syncer: restoring a delta missing from the stream failed", "revision", rev, "error", err)
+			s.chainNext = rev
+			return
+		}
+		if seq > 0 {
+			p.seq = seq
+			s.lastSeq = max(s.lastSeq, seq)
+			s.metrics.Republished.Inc()
+		}
+		s.log.WarnContext(ctx, "syncer: the stream lacked a delta in the middle of the chain; stored it again with its original content",
+			"revision", rev, "snapshot", man.Revision, "published", s.snap.Revision())
+		rev = p.delta.PrevRevision
+	}
+	s.chainNext = rev
+}

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/beamline/registry-syncer/protocol"
+	"github.com/beamline/registry-syncer/syncer"
 )
 
 // storedRaw returns the stored payload of the deltas from..to.
@@ -266,5 +268,119 @@ func TestReplacesABadManifest(t *testing.T) {
 		t.Fatalf("committed revision %d, want %d", got, next)
 	}
 	b.finalChecks(t)
+	r.stop(t)
+}
+
+// deleteDelta removes the stored delta of revision rev from the stream (a hole in the
+// middle: the tail stays intact).
+func (b *testBundle) deleteDelta(t *testing.T, rev int64) {
+	t.Helper()
+	names := b.names(t)
+	st, err := b.reader.Last(context.Background(), names.DeltaStream, names.DeltaSubject(rev))
+	if err != nil {
+		t.Fatalf("read delta %d: %v", rev, err)
+	}
+	if err := b.deltaStream(t).DeleteMsg(context.Background(), st.Sequence); err != nil {
+		t.Fatalf("delete delta %d: %v", rev, err)
+	}
+}
+
+// TestHoleInTheMiddleRepaired deletes one delta from the middle of the stream, between the
+// stored snapshot and the head, while the syncer runs and the registry is idle: the
+// syncer must notice within a few heartbeats (not at the next snapshot) and store it again
+// with its original content, without announcing it live again.
+func TestHoleInTheMiddleRepaired(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	live := b.recordLive(t)
+	// A snapshot that stays behind: the hole lies between it and the head.
+	r := b.start(t, func(c *syncer.Config) { c.SnapshotInterval = time.Hour })
+	b.waitConverged(t, 10*time.Second)
+	var last int64
+	for i := 0; i < 10; i++ {
+		last = b.exec(t, fmt.Sprintf(`INSERT INTO extensions (id, type, subject) VALUES ('e%d', 'pre', 'beamline.ext.pre.e%d.v1')`, i, i))
+	}
+	b.waitPublished(t, last, time.Now(), 10*time.Second)
+	man, err := b.reader.Manifest(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	hole := last - 4
+	if man.Revision >= hole {
+		t.Fatalf("the stored snapshot is at %d, want it below the hole at %d", man.Revision, hole)
+	}
+	want := b.storedRaw(t, hole, hole)
+	b.deleteDelta(t, hole)
+	deleted := time.Now()
+	b.waitRestored(t, want, 10*time.Second)
+	t.Logf("hole at revision %d (snapshot %d, head %d) repaired %s after the delete (heartbeat 100ms)",
+		hole, man.Revision, last, time.Since(deleted).Round(time.Millisecond))
+	if n := testutil.ToFloat64(r.metrics.Republished); n != 1 {
+		t.Errorf("republished %v deltas, want 1", n)
+	}
+	live.checkOrder(t, true) // announced once, in order: the repair was not re-announced
+	if _, err := b.follow(context.Background()); err != nil {
+		t.Errorf("a new router cannot follow the chain: %v", err)
+	}
+	r.stop(t)
+}
+
+// TestBrokenChainWhileDownNeverMislabelsTheSnapshot breaks the stored chain while no syncer
+// runs (a delta between the snapshot and the head deleted). The restarted syncer publishes
+// a full sync under a new revision; every snapshot it writes must hold the content of its
+// own revision (its checksum equals the checksum of that revision's delta): never the old
+// snapshot's content under the newest label.
+func TestBrokenChainWhileDownNeverMislabelsTheSnapshot(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	r := b.start(t, func(c *syncer.Config) { c.SnapshotInterval = time.Hour })
+	b.waitConverged(t, 10*time.Second)
+	var last int64
+	for i := 0; i < 6; i++ {
+		last = b.exec(t, fmt.Sprintf(`INSERT INTO extensions (id, type, subject) VALUES ('e%d', 'pre', 'beamline.ext.pre.e%d.v1')`, i, i))
+	}
+	b.waitPublished(t, last, time.Now(), 10*time.Second)
+	r.stop(t)
+	b.deleteDelta(t, last-2)
+
+	// Every manifest written from now on, as it is written.
+	names := b.names(t)
+	var mu sync.Mutex
+	var manifests []*protocol.Manifest
+	sub, err := b.nc.Subscribe(names.Manifest(), func(m *nats.Msg) {
+		var man protocol.Manifest
+		if err := json.Unmarshal(m.Data, &man); err != nil {
+			t.Errorf("manifest %q: %v", m.Data, err)
+			return
+		}
+		mu.Lock()
+		manifests = append(manifests, &man)
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := b.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	r = b.start(t, nil)
+	b.waitConverged(t, 15*time.Second)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(manifests) == 0 {
+		t.Fatal("the restarted syncer wrote no snapshot")
+	}
+	for _, man := range manifests {
+		d, err := b.reader.Delta(context.Background(), man.Revision)
+		if err != nil {
+			t.Errorf("snapshot %d: no delta of that revision to compare with: %v", man.Revision, err)
+			continue
+		}
+		if man.Checksum != d.Checksum {
+			t.Errorf("snapshot labelled revision %d holds checksum %s, the revision's delta says %s: another revision's content",
+				man.Revision, man.Checksum, d.Checksum)
+		}
+	}
 	r.stop(t)
 }

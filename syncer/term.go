@@ -38,6 +38,7 @@ type term struct {
 	pending      []revision
 	pendingAfter int64
 	caughtUpOnce bool // the term caught up at least once (it worked until it ended)
+	chainNext    int64 // where verifyChain goes on (0: from the head)
 	withheld     withholding
 
 	// The snapshot writer (snapshot.go) runs beside the publishing goroutine.
@@ -157,6 +158,7 @@ func (s *term) leadLoop(ctx context.Context) error {
 		}
 		s.heartbeat()
 		s.checkStream(ctx)
+		s.verifyChain(ctx)
 		return nil
 	}
 	for {
