@@ -37,7 +37,7 @@ type term struct {
 	// publish; it continues the cursor pendingAfter.
 	pending      []revision
 	pendingAfter int64
-	caughtUpOnce bool // the term caught up at least once (it worked until it ended)
+	caughtUpOnce bool  // the term caught up at least once (it worked until it ended)
 	chainNext    int64 // where verifyChain goes on (0: from the head)
 	withheld     withholding
 
