@@ -327,3 +327,31 @@ func TestEachPoisonRowWithheld(t *testing.T) {
 		})
 	}
 }
+
+// TestForcedSyncReleasesWithheld: a withheld row fixed past the triggers (no revision, no
+// notification — session_replication_role = replica, as pg_restore writes) is released by
+// a forced sync (POST /admin/sync), which publishes it whole under a new revision.
+func TestForcedSyncReleasesWithheld(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	r := b.start(t, nil)
+	router := b.router(t)
+	b.exec(t, "INSERT INTO extensions (id, type, subject) VALUES ('p', 'pre', 'beamline.ext.pre.p\u00a0x.v1')")
+	b.exec(t, `INSERT INTO extensions (id, type, subject) VALUES ('a', 'pre', 'beamline.ext.pre.a.v1')`)
+	waitRouter(t, router, b.schema.Pool, 10*time.Second)
+	waitFor(t, 10*time.Second, "p withheld", func() (bool, error) { return len(r.s.Status().Withheld) == 1, nil })
+	b.exec(t, `SET LOCAL session_replication_role = replica`, `UPDATE extensions SET subject = 'beamline.ext.pre.p.v1' WHERE id = 'p'`)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := r.s.ForceSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitRouter(t, router, b.schema.Pool, 10*time.Second)
+	if e, ok := router.Snapshot().Get("p"); !ok || e.Subject != "beamline.ext.pre.p.v1" {
+		t.Errorf("p after the forced sync: %+v %v", e, ok)
+	}
+	if st := r.s.Status(); len(st.Withheld) != 0 || !st.Ready {
+		t.Errorf("status after the forced sync: %+v", st)
+	}
+	r.stop(t)
+}
