@@ -32,6 +32,7 @@ package client
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -96,6 +97,22 @@ type Config struct {
 	// is installed. By default Start returns at once and bootstraps in the
 	// background, Ready reporting false meanwhile.
 	WaitBootstrap bool
+
+	// RouterID names this router in its reports (default host:pid). Reports go to
+	// Names.Report(RouterID) (PROTOCOL.md §3.7).
+	RouterID string
+
+	// ReportInterval is the period of the router's reports (default 5s); a report also
+	// goes out whenever a revision is installed.
+	ReportInterval time.Duration
+
+	// StaleAfter is how long without a valid delta or heartbeat the client reports
+	// itself stale (default 10s).
+	StaleAfter time.Duration
+
+	// CallStats, when set, provides the per-extension call statistics since the previous
+	// report (keyed by extension id), sent in each report's "calls".
+	CallStats func() map[string]json.RawMessage
 }
 
 // WithDefaults returns c with every zero field set to its default.
@@ -107,6 +124,11 @@ func (c Config) WithDefaults() Config {
 	c.FallbackAfter = cmp.Or(c.FallbackAfter, 5*time.Second)
 	c.RequestTimeout = cmp.Or(c.RequestTimeout, 2*time.Second)
 	c.BufferSize = cmp.Or(c.BufferSize, 4096)
+	if c.RouterID == "" {
+		c.RouterID = defaultRouterID()
+	}
+	c.ReportInterval = cmp.Or(c.ReportInterval, 5*time.Second)
+	c.StaleAfter = cmp.Or(c.StaleAfter, 10*time.Second)
 	return c
 }
 
@@ -120,6 +142,15 @@ func (c Config) validate() error {
 	}
 	if c.RequestTimeout < time.Millisecond {
 		errs = append(errs, fmt.Errorf("client: Config.RequestTimeout must be at least 1ms (got %s)", c.RequestTimeout))
+	}
+	if len(c.RouterID) > 256 {
+		errs = append(errs, fmt.Errorf("client: Config.RouterID must be at most 256 bytes (got %d)", len(c.RouterID)))
+	}
+	if c.ReportInterval < 10*time.Millisecond {
+		errs = append(errs, fmt.Errorf("client: Config.ReportInterval must be at least 10ms (got %s)", c.ReportInterval))
+	}
+	if c.StaleAfter <= 0 {
+		errs = append(errs, fmt.Errorf("client: Config.StaleAfter must be positive (got %s)", c.StaleAfter))
 	}
 	if c.BufferSize < 1 {
 		errs = append(errs, fmt.Errorf("client: Config.BufferSize must be positive (got %d)", c.BufferSize))
@@ -146,6 +177,7 @@ type Client struct {
 	rejections atomic.Uint64
 	applied    atomic.Uint64
 	metrics    *collector
+	report     *reporter
 
 	mu      sync.Mutex // guards the lifecycle fields below
 	state   int        // stateNew, stateStarted, stateStopped
@@ -192,6 +224,7 @@ func New(nc *nats.Conn, cfg Config) (*Client, error) {
 		stopped: make(chan struct{}),
 	}
 	c.metrics = newCollector(c)
+	c.report = newReporter()
 	return c, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -64,6 +65,9 @@ var (
 func (c *Client) run(ctx context.Context) {
 	defer close(c.done)
 	defer unsubscribe(c.subs)
+	var reports sync.WaitGroup
+	reports.Go(func() { c.reportLoop(ctx) })
+	defer reports.Wait()
 	c.loop.timer = time.NewTimer(time.Hour)
 	c.loop.timer.Stop()
 	defer c.loop.timer.Stop()
@@ -490,6 +494,7 @@ func (c *Client) applyDelta(d *protocol.Delta, from string) error {
 // install serves next and reports the change.
 func (c *Client) install(old, next *cache.Snapshot, changed []string) {
 	c.snap.Store(next)
+	c.report.soon()
 	if c.cfg.OnChange != nil {
 		c.cfg.OnChange(old, next, changed)
 	}
@@ -526,6 +531,7 @@ func (c *Client) useFallback(ctx context.Context) {
 // reject counts and reports a refused payload.
 func (c *Client) reject(ctx context.Context, err error) {
 	c.rejections.Add(1)
+	c.report.rejected(time.Now(), err)
 	c.log.WarnContext(ctx, "client: payload rejected; keeping the last good snapshot", slog.Any("error", err),
 		slog.Int64("revision", c.Revision()))
 	if c.cfg.OnError != nil {

@@ -58,6 +58,11 @@ func (p *Syncer) runFixtures(ctx context.Context) error {
 	if err := s.ensureStreams(ctx); err != nil {
 		return err
 	}
+	stopFleet, err := s.serveFleet()
+	if err != nil {
+		return err
+	}
+	defer stopFleet()
 	published, _, _, err := s.loadPublished(ctx)
 	if err != nil {
 		return err

@@ -14,7 +14,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 
+	"github.com/beamline/registry-syncer/fleet"
 	"github.com/beamline/registry-syncer/leadership"
+	"github.com/beamline/registry-syncer/protocol"
 	"github.com/beamline/registry-syncer/publisher"
 )
 
@@ -72,6 +74,9 @@ type Syncer struct {
 	highWater atomic.Int64
 
 	force chan chan error
+
+	// fleet is the current term's view of the routers (nil while not leading).
+	fleet atomic.Pointer[fleet.Fleet]
 
 	mu     sync.Mutex
 	status Status
@@ -151,6 +156,21 @@ func (s *Syncer) update(f func(*Status)) {
 	s.mu.Lock()
 	f(&s.status)
 	s.mu.Unlock()
+}
+
+// ErrNotLeader is returned by what only the leading syncer can answer.
+var ErrNotLeader = errors.New("not the leader: only the leading syncer keeps the fleet view")
+
+// Fleet returns the leader's view of the routers with the database and published
+// revisions (GET /admin/routers, the P.status request).
+func (s *Syncer) Fleet() (*protocol.FleetStatus, error) {
+	f := s.fleet.Load()
+	if f == nil {
+		return nil, ErrNotLeader
+	}
+	st := s.Status()
+	return &protocol.FleetStatus{Syncer: s.cfg.InstanceID, Time: time.Now().UTC(), DatabaseRevision: st.DatabaseRevision,
+		PublishedRevision: st.Revision, PublishedChecksum: st.Checksum, Routers: f.Routers(time.Now())}, nil
 }
 
 // ForceSync asks the leader for a full sync (reconcile and repair) and waits for it.

@@ -75,6 +75,7 @@ func daemon(ctx context.Context, cfg *config, log *slog.Logger) error {
 			Gatherer:  reg,
 			Status:    s.Status,
 			ForceSync: s.ForceSync,
+			Routers:   s.Fleet,
 			Logger:    log,
 		})
 		if err == nil {
