@@ -60,7 +60,7 @@ type spec struct {
 	Source              string `envconfig:"SOURCE" default:"database" expect:"one of database, fixtures, auto" desc:"Where the registry comes from: database, fixtures (the fixture files, no database), or auto (fixtures until the database answers, then the database)."`
 	SyncIntervalSeconds int    `envconfig:"SYNC_INTERVAL_SECONDS" default:"60" expect:"a positive integer" desc:"Seconds between two full reconciles of the published registry against the database (drift is repaired under a new revision)."`
 	FixturesDir         string `envconfig:"FIXTURES_DIR" expect:"an existing directory" desc:"Directory of fixture files for the fixtures and auto sources and for syncer fixtures import and verify without a DIR (empty: the built-in defaults)."`
-	SubjectPrefix       string `envconfig:"SUBJECT_PREFIX" default:"beamline.registry" expect:"dot-separated tokens of letters, digits, _ or - (no wildcards)" desc:"Prefix of every NATS subject and of the stream names (see PROTOCOL.md)."`
+	SubjectPrefix       string `envconfig:"SUBJECT_PREFIX" default:"beamline.registry" expect:"dot-separated tokens of ASCII letters, digits, _ or - (no wildcards, no empty tokens), at most 122 characters" desc:"Prefix of every NATS subject and of the stream names (PROTOCOL.md §1): dot-separated tokens of ASCII letters, digits, _ and -, at most 122 characters. Two syncers with different prefixes never share a stream; one whose streams or subjects belong to another prefix refuses to start."`
 
 	HTTPAddr   string `envconfig:"HTTP_ADDR" default:"127.0.0.1:9090" expect:"host:port with a numeric port, or empty" desc:"Address of the HTTP server (/metrics, /healthz, /readyz, POST /admin/sync); set it empty to disable HTTP."`
 	AdminToken string `envconfig:"ADMIN_TOKEN" secret:"true" expect:"at least 16 characters without whitespace" desc:"Bearer token of POST /admin/sync, at least 16 characters; empty disables the endpoint (403). Never logged."`
@@ -345,7 +345,10 @@ func loadConfig(lookup func(string) (string, bool)) (*config, error) {
 		}
 	}
 	if !bad["SUBJECT_PREFIX"] {
-		if _, err := protocol.NewNames(s.SubjectPrefix); err != nil {
+		if n := len(s.SubjectPrefix); n > protocol.MaxPrefixLen {
+			fail("SUBJECT_PREFIX", fmt.Sprintf("must be at most %d characters, so that its stream names fit JetStream's limit of %d (got %d characters)",
+				protocol.MaxPrefixLen, protocol.MaxStreamName, n))
+		} else if protocol.ValidatePrefix(s.SubjectPrefix) != nil {
 			fail("SUBJECT_PREFIX", "")
 		}
 	}
