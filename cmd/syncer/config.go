@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-multierror"
-	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nkeys"
 
 	"github.com/beamline/registry-syncer/listener"
@@ -42,7 +41,7 @@ type spec struct {
 	DBSchema   string `envconfig:"DB_SCHEMA" default:"public" expect:"a lowercase SQL identifier (letters, digits, _ and $, not starting with a digit, at most 63 bytes)" desc:"Schema that holds the registry; it becomes the connection's search_path. syncer migrate creates it when missing."`
 	DBSSLMode  string `envconfig:"DB_SSLMODE" default:"disable" expect:"one of disable, allow, prefer, require, verify-ca, verify-full" desc:"PostgreSQL sslmode: disable, allow, prefer, require, verify-ca or verify-full."`
 	// DatabaseURL is partly secret: errors and logs show it redacted.
-	DatabaseURL string `envconfig:"DATABASE_URL" expect:"a postgres:// or postgresql:// URL" desc:"Full PostgreSQL URL, e.g. postgres://user:pass@host:5432/db?search_path=registry&sslmode=require. When set it wins: the DB_* variables are ignored. Logged with the password redacted."`
+	DatabaseURL string `envconfig:"DATABASE_URL" expect:"a postgres:// or postgresql:// URL or a keyword/value string" desc:"Full PostgreSQL connection string: a URL such as postgres://user:pass@host:5432/db?search_path=registry&sslmode=require, or keyword/value pairs such as host=db port=5432 dbname=registry user=app password=secret search_path=registry. When set it wins: the DB_* variables are ignored. Never shown with its password, in either form (errors and logs show password=xxxxx)."`
 
 	NATSURL      string `envconfig:"NATS_URL" default:"nats://127.0.0.1:4222" expect:"a comma-separated list of nats://, tls://, ws:// or wss:// server URLs" desc:"NATS servers, comma-separated (a cluster: list several)."`
 	NATSCreds    string `envconfig:"NATS_CREDS" expect:"a readable credentials file" desc:"NATS credentials file (JWT and NKey seed) to authenticate with."`
@@ -542,52 +541,6 @@ func buildDatabaseURL(s *spec) string {
 	q.Set("sslmode", s.DBSSLMode)
 	u.RawQuery = q.Encode()
 	return u.String()
-}
-
-// checkPostgresURL returns what is wrong with a DATABASE_URL ("" when fine), without
-// quoting the URL (it may hold a password).
-func checkPostgresURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err // url.Error repeats the whole URL
-		}
-		return fmt.Sprintf("must be a postgres:// or postgresql:// URL: %v", err)
-	}
-	if u.Scheme != "postgres" && u.Scheme != "postgresql" {
-		return "must be a postgres:// or postgresql:// URL"
-	}
-	if _, err := pgx.ParseConfig(raw); err != nil {
-		// pgconn's ParseConfigError redacts the password; its cause never holds one.
-		cause := err
-		if inner := errors.Unwrap(err); inner != nil {
-			cause = inner
-		}
-		return fmt.Sprintf("must be a valid PostgreSQL URL: %v", cause)
-	}
-	return ""
-}
-
-// redactPostgresURL hides the password of a PostgreSQL URL, in the user information and
-// in a password query parameter. An unparsable value is hidden whole.
-func redactPostgresURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(unparsable URL not shown: it may hold a password)"
-	}
-	q := u.Query()
-	changed := false
-	for _, k := range []string{"password", "sslpassword"} {
-		if q.Has(k) {
-			q.Set(k, "xxxxx")
-			changed = true
-		}
-	}
-	if changed {
-		u.RawQuery = q.Encode()
-	}
-	return u.Redacted()
 }
 
 // redactNATSURL hides the credentials of a NATS URL: the password, and a user name given
