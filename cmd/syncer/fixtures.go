@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
@@ -85,7 +86,8 @@ func loadFixtures(dir string) ([]fixtures.Record, error) {
 func connect(ctx context.Context, cfg *config) (*pgx.Conn, error) {
 	pc, err := pgx.ParseConfig(cfg.DatabaseURL)
 	if err != nil {
-		return nil, fmt.Errorf("database URL: %w", err)
+		// Not pgx's message: it may quote the string, password and all.
+		return nil, fmt.Errorf("%s_DATABASE_URL: %s", envPrefix, cmp.Or(checkPostgresURL(cfg.DatabaseURL), "cannot be parsed"))
 	}
 	pc.RuntimeParams["application_name"] = "registry-syncer-cli"
 	conn, err := pgx.ConnectConfig(ctx, pc)
