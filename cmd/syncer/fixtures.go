@@ -36,7 +36,7 @@ func cmdFixtures(ctx context.Context, e *env, args []string) error {
 		if len(rest) == 1 {
 			dir = rest[0]
 		}
-		recs, err := loadFixtures(dir)
+		recs, err := loadFixtures(ctx, dir)
 		if err != nil {
 			return err
 		}
@@ -74,12 +74,13 @@ func cmdFixtures(ctx context.Context, e *env, args []string) error {
 	}
 }
 
-// loadFixtures loads dir, or the built-in defaults when dir is empty.
-func loadFixtures(dir string) ([]fixtures.Record, error) {
+// loadFixtures loads dir, or the built-in defaults when dir is empty; it stops when ctx
+// ends (SIGTERM, SIGINT).
+func loadFixtures(ctx context.Context, dir string) ([]fixtures.Record, error) {
 	if dir == "" {
-		return fixtures.Load(fixtures.Defaults())
+		return fixtures.LoadContext(ctx, fixtures.Defaults())
 	}
-	return fixtures.LoadDir(dir)
+	return fixtures.LoadDirContext(ctx, dir)
 }
 
 // connect opens one connection to the registry database.

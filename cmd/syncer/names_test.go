@@ -1,8 +1,13 @@
 package main
 
 import (
+	"context"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // TestConfigSubjectPrefixLimits: a prefix that cannot work is refused at start, naming
@@ -31,5 +36,39 @@ func TestConfigSubjectPrefixLimits(t *testing.T) {
 		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
 			t.Errorf("%.30q: got %v, want %q", c.prefix, err, c.want)
 		}
+	}
+}
+
+// TestFixturesImportFIFO: `fixtures import` of a directory holding a named pipe called
+// *.json exits at once naming the file (it used to block in open for ever, deaf to
+// SIGTERM), and a cancelled context (SIGTERM) stops an import.
+func TestFixturesImportFIFO(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "a.json"), []byte(`{"id": "a", "type": "pre", "subject": "beamline.ext.pre.a.v1"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(filepath.Join(dir, "pipe.json"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env := schemaEnv(t, newSchema(t))
+	done := make(chan result, 1)
+	go func() { done <- runCLI(t, context.Background(), env, "fixtures", "import", dir) }()
+	select {
+	case r := <-done:
+		if r.code != exitError || !strings.Contains(r.stderr, filepath.Join(dir, "pipe.json")+": it is a named pipe (FIFO)") {
+			t.Fatalf("exit %d, want 1 naming pipe.json as a named pipe", r.code)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("fixtures import blocked on a named pipe")
+	}
+
+	if err := os.Remove(filepath.Join(dir, "pipe.json")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if r := runCLI(t, ctx, env, "fixtures", "import", dir); r.code == exitOK || !strings.Contains(r.stderr, "context canceled") {
+		t.Fatalf("fixtures import with a cancelled context: exit %d", r.code)
 	}
 }
