@@ -2,6 +2,8 @@ package protocol_test
 
 import (
 	"math/rand/v2"
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -127,5 +129,26 @@ func TestPrefixLimits(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("NewNames(%.20q…): %v, want an error saying %q", c.prefix, err, c.want)
 		}
+	}
+}
+
+// TestProtocolDocStreamNames keeps the examples of PROTOCOL.md §1 true.
+func TestProtocolDocStreamNames(t *testing.T) {
+	t.Parallel()
+	doc, err := os.ReadFile("../PROTOCOL.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	examples := regexp.MustCompile("`([A-Za-z0-9._-]+)` gives\\s+`([A-Z0-9_-]+)`").FindAllStringSubmatch(string(doc), -1)
+	if len(examples) < 3 {
+		t.Fatalf("PROTOCOL.md §1: found %d stream-name examples", len(examples))
+	}
+	for _, e := range examples {
+		if got := protocol.StreamBase(e[1]); got != e[2] {
+			t.Errorf("PROTOCOL.md says %s gives %s; StreamBase gives %s", e[1], e[2], got)
+		}
+	}
+	if !strings.Contains(string(doc), "at most 122 characters") {
+		t.Error("PROTOCOL.md does not state the prefix limit")
 	}
 }

@@ -2,12 +2,16 @@ package main
 
 import (
 	"context"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/beamline/registry-syncer/syncer"
+	"github.com/beamline/registry-syncer/test/harness"
 )
 
 // TestConfigSubjectPrefixLimits: a prefix that cannot work is refused at start, naming
@@ -70,5 +74,32 @@ func TestFixturesImportFIFO(t *testing.T) {
 	cancel()
 	if r := runCLI(t, ctx, env, "fixtures", "import", dir); r.code == exitOK || !strings.Contains(r.stderr, "context canceled") {
 		t.Fatalf("fixtures import with a cancelled context: exit %d", r.code)
+	}
+}
+
+// TestRunCollidingPrefixes: two syncers whose prefixes earlier versions mapped to the
+// same streams (beamline.registry and beamline-registry) run on one NATS server; both
+// become ready, and the first keeps publishing after the second started.
+func TestRunCollidingPrefixes(t *testing.T) {
+	t.Parallel()
+	nats := harness.NewNATS(t, harness.NATSOptions{})
+	first := harness.PG(t).NewSchema(t)
+	second := harness.PG(t).NewSchema(t)
+	a := startDaemon(t, "beamline.registry", daemonEnv(first, nats.URL(), "beamline.registry", nil))
+	waitReady(t, a.base)
+	b := startDaemon(t, "beamline-registry", daemonEnv(second, nats.URL(), "beamline-registry", nil))
+	waitReady(t, b.base)
+	insertExtension(t, first, "after_second")
+	waitStatus(t, a.base, "publishing after the second syncer started", func(code int, st syncer.Status) bool {
+		return code == http.StatusOK && st.Ready && st.Extensions == 1 && st.SnapshotRevision == st.Revision
+	})
+	insertExtension(t, second, "in_second")
+	waitStatus(t, b.base, "the second publishing", func(code int, st syncer.Status) bool {
+		return code == http.StatusOK && st.Ready && st.Extensions == 1 && st.SnapshotRevision == st.Revision
+	})
+	for _, d := range []*daemonProc{a, b} {
+		if code, _ := d.stop(t); code != exitOK {
+			t.Fatalf("exit %d", code)
+		}
 	}
 }
