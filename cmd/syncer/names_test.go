@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -9,6 +10,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/beamline/registry-syncer/syncer"
 	"github.com/beamline/registry-syncer/test/harness"
@@ -101,5 +105,54 @@ func TestRunCollidingPrefixes(t *testing.T) {
 		if code, _ := d.stop(t); code != exitOK {
 			t.Fatalf("exit %d", code)
 		}
+	}
+}
+
+// TestRunMultibyteSchema: a schema whose name fits 63 characters but not 63 bytes (with
+// .registry_revision) migrates with `syncer migrate`, takes writes, and the syncer hears
+// them by NOTIFY: the change is published long before the periodic reconcile.
+func TestRunMultibyteSchema(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	pg := harness.PG(t)
+	name := fmt.Sprintf("régistre_%s_%d", strings.Repeat("é", 20), schemaSeq.Add(1))
+	if len(name+".registry_revision") <= 63 || len(name) > 63 {
+		t.Fatalf("schema %q: want a name of at most 63 bytes whose channel would be longer", name)
+	}
+	if err := pg.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{name}.Sanitize()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pg.Exec(context.Background(), "DROP SCHEMA "+pgx.Identifier{name}.Sanitize()+" CASCADE") })
+	url := pg.URL("postgres", pgx.Identifier{name}.Sanitize())
+	nats := harness.NewNATS(t, harness.NATSOptions{})
+	env := envMap{
+		"EXTENSION_REGISTRY_DATABASE_URL":          url,
+		"EXTENSION_REGISTRY_NATS_URL":              nats.URL(),
+		"EXTENSION_REGISTRY_HTTP_ADDR":             "127.0.0.1:0",
+		"EXTENSION_REGISTRY_SUBJECT_PREFIX":        "test.multibyte",
+		"EXTENSION_REGISTRY_SYNC_INTERVAL_SECONDS": "3600",
+		"EXTENSION_REGISTRY_LEADER_RETRY":          "50ms",
+		"EXTENSION_REGISTRY_LOG_FORMAT":            "json",
+	}
+	if r := runCLI(t, ctx, env, "migrate"); r.code != exitOK {
+		t.Fatalf("migrate: exit %d", r.code)
+	}
+	d := startDaemon(t, "multibyte", env)
+	waitReady(t, d.base)
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	if _, err := pool.Exec(ctx, `INSERT INTO extensions (id, type, subject) VALUES ('x', 'pre', 'beamline.ext.pre.x.v1')`); err != nil {
+		t.Fatalf("a write in the multibyte schema: %v", err)
+	}
+	// waitStatus gives up after 30 s; the reconcile runs every hour.
+	waitStatus(t, d.base, "publishing the write", func(code int, st syncer.Status) bool {
+		return code == http.StatusOK && st.Ready && st.Extensions == 1 && st.SnapshotRevision == st.Revision
+	})
+	if code, _ := d.stop(t); code != exitOK {
+		t.Fatalf("exit %d", code)
 	}
 }
