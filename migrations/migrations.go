@@ -29,6 +29,10 @@ var namePattern = regexp.MustCompile(`^[0-9]{5}_[a-z0-9_]+\.sql$`)
 // TriggersVersion is the migration that installs triggers/triggers.sql.
 const TriggersVersion = 2
 
+// ChannelVersion is the migration that replaces registry_channel() with
+// triggers/channel.sql (channel names cut to 63 bytes, not characters).
+const ChannelVersion = 4
+
 // Open returns a database/sql handle over pgx for url (search_path in the URL selects the
 // schema the registry lives in).
 func Open(url string) (*sql.DB, error) {
@@ -74,8 +78,9 @@ func provider(ctx context.Context, db *sql.DB) (*goose.Provider, error) {
 		return nil, err
 	}
 	install := goose.NewGoMigration(TriggersVersion, &goose.GoFunc{RunTx: triggers.Install}, nil)
+	channel := goose.NewGoMigration(ChannelVersion, &goose.GoFunc{RunTx: triggers.InstallChannel}, nil)
 	return goose.NewProvider(goose.DialectPostgres, db, sub,
-		goose.WithGoMigrations(install),
+		goose.WithGoMigrations(install, channel),
 		goose.WithDisableGlobalRegistry(true),
 		goose.WithSessionLocker(locker),
 		goose.WithTableName("registry_schema_migrations"),
@@ -122,8 +127,11 @@ func name(s *goose.Source) string {
 	if s.Path != "" {
 		return s.Path
 	}
-	if s.Version == TriggersVersion {
+	switch s.Version {
+	case TriggersVersion:
 		return "triggers/triggers.sql"
+	case ChannelVersion:
+		return "triggers/channel.sql"
 	}
 	return fmt.Sprintf("go migration %d", s.Version)
 }

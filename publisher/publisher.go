@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -201,7 +202,17 @@ func (p *Publisher) EnsureStreams(ctx context.Context) error {
 		AllowDirect: true,
 	}
 	for _, sc := range []jetstream.StreamConfig{deltas, snaps} {
+		if err := p.checkStream(ctx, sc.Name, sc.Subjects[0]); err != nil {
+			return err
+		}
 		if _, err := p.js.CreateOrUpdateStream(ctx, sc); err != nil {
+			var apiErr *jetstream.APIError
+			if errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeSubjectOverlap {
+				// Created between the check and now: check again for the names.
+				if cerr := p.checkStream(ctx, sc.Name, sc.Subjects[0]); cerr != nil {
+					return cerr
+				}
+			}
 			return fmt.Errorf("create stream %s: %w", sc.Name, err)
 		}
 	}
@@ -245,6 +256,85 @@ func (p *Publisher) repairSnapshot(ctx context.Context) error {
 		return fmt.Errorf("delete the manifest of snapshot %d, whose chunks are gone: %w", m.Revision, err)
 	}
 	return nil
+}
+
+// ErrStreamInUse reports that a stream this publisher needs belongs to another subject
+// prefix (a syncer of an earlier version whose stream names collided, or a stream made
+// by hand), or that another stream already serves some of its subjects (prefixes nested
+// in one another, such as acme and acme.delta). The publisher refuses rather than take
+// the stream over: changing its subjects would stall the other publisher for good.
+var ErrStreamInUse = errors.New("stream in use by another subject prefix")
+
+// errCodeSubjectOverlap is nats-server's JSStreamSubjectOverlapErr ("subjects overlap
+// with an existing stream"); nats.go has no constant for it.
+const errCodeSubjectOverlap jetstream.ErrorCode = 10065
+
+// CheckStreams reads, without changing anything, whether the delta and snapshot streams
+// can be this publisher's: an error wrapping ErrStreamInUse names the other prefix. Other
+// errors (NATS down) are returned as they are.
+func (p *Publisher) CheckStreams(ctx context.Context) error {
+	if err := p.checkStream(ctx, p.names.DeltaStream, p.names.DeltaSubjects()); err != nil {
+		return err
+	}
+	return p.checkStream(ctx, p.names.SnapshotStream, p.names.SnapshotSubjects())
+}
+
+// checkStream refuses an existing stream named name that serves other subjects than
+// subject, and other streams that serve subjects matching subject.
+func (p *Publisher) checkStream(ctx context.Context, name, subject string) error {
+	s, err := p.js.Stream(ctx, name)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+	case err != nil:
+		return fmt.Errorf("read stream %s: %w", name, err)
+	default:
+		if have := s.CachedInfo().Config.Subjects; !slices.Equal(have, []string{subject}) {
+			return fmt.Errorf("%w: stream %s serves %s (subject prefix %s), not %s (subject prefix %q): give one of the two syncers another EXTENSION_REGISTRY_SUBJECT_PREFIX, or delete the stream if nothing uses it any more",
+				ErrStreamInUse, name, strings.Join(have, ", "), ownerPrefixes(have), subject, p.names.Prefix)
+		}
+	}
+	var others []string
+	l := p.js.StreamNames(ctx, jetstream.WithStreamListSubject(subject))
+	for other := range l.Name() {
+		if other == name {
+			continue
+		}
+		desc := other
+		if st, err := p.js.Stream(ctx, other); err == nil {
+			subs := st.CachedInfo().Config.Subjects
+			desc = fmt.Sprintf("%s (subjects %s, subject prefix %s)", other, strings.Join(subs, ", "), ownerPrefixes(subs))
+		}
+		others = append(others, desc)
+	}
+	if err := l.Err(); err != nil {
+		return fmt.Errorf("list streams serving %s: %w", subject, err)
+	}
+	if len(others) > 0 {
+		return fmt.Errorf("%w: stream %s of subject prefix %q would serve %s, which overlaps stream %s: use subject prefixes that are not nested in one another",
+			ErrStreamInUse, name, p.names.Prefix, subject, strings.Join(others, "; "))
+	}
+	return nil
+}
+
+// ownerPrefixes guesses the subject prefix that made a stream with these subjects.
+func ownerPrefixes(subjects []string) string {
+	var out []string
+	for _, s := range subjects {
+		for _, suffix := range []string{".delta.>", ".snapshot.>"} {
+			if p, ok := strings.CutSuffix(s, suffix); ok {
+				out = append(out, strconv.Quote(p))
+				s = ""
+				break
+			}
+		}
+		if s != "" {
+			out = append(out, "unknown")
+		}
+	}
+	if len(out) == 0 {
+		return "unknown"
+	}
+	return strings.Join(slices.Compact(out), ", ")
 }
 
 // MaxDelta is the largest delta payload PublishDelta accepts on this connection.

@@ -244,9 +244,11 @@ func (s *term) ensureStreams(ctx context.Context) error {
 	}
 }
 
-// fatalNATS reports a NATS server this product cannot work with: retrying cannot help.
+// fatalNATS reports a NATS server this product cannot work with, or streams another
+// prefix owns: retrying cannot help.
 func fatalNATS(err error) bool {
-	return errors.Is(err, publisher.ErrUnsupportedServer) || errors.Is(err, publisher.ErrNoJetStream)
+	return errors.Is(err, publisher.ErrUnsupportedServer) || errors.Is(err, publisher.ErrNoJetStream) ||
+		errors.Is(err, publisher.ErrStreamInUse)
 }
 
 // publishOK records that NATS took a write (readiness: the leader can publish).

@@ -28,10 +28,8 @@
 -- with what it published and repairs any difference under a new revision by calling
 -- registry_sync(), which writes 'sync' entries for the drifted extensions.
 
-CREATE FUNCTION registry_channel() RETURNS text
-LANGUAGE sql STABLE SET search_path FROM CURRENT AS $$
-    SELECT left(current_schema() || '.registry_revision', 63)
-$$;
+-- registry_channel(), the NOTIFY channel, is in channel.sql (installed with this file, and
+-- again by migration 4 for schemas that had the earlier definition).
 
 -- Registers the current transaction for a revision (once per transaction).
 CREATE FUNCTION registry_mark_pending() RETURNS void

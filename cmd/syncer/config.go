@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-multierror"
-	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nkeys"
 
 	"github.com/beamline/registry-syncer/listener"
@@ -42,7 +41,7 @@ type spec struct {
 	DBSchema   string `envconfig:"DB_SCHEMA" default:"public" expect:"a lowercase SQL identifier (letters, digits, _ and $, not starting with a digit, at most 63 bytes)" desc:"Schema that holds the registry; it becomes the connection's search_path. syncer migrate creates it when missing."`
 	DBSSLMode  string `envconfig:"DB_SSLMODE" default:"disable" expect:"one of disable, allow, prefer, require, verify-ca, verify-full" desc:"PostgreSQL sslmode: disable, allow, prefer, require, verify-ca or verify-full."`
 	// DatabaseURL is partly secret: errors and logs show it redacted.
-	DatabaseURL string `envconfig:"DATABASE_URL" expect:"a postgres:// or postgresql:// URL" desc:"Full PostgreSQL URL, e.g. postgres://user:pass@host:5432/db?search_path=registry&sslmode=require. When set it wins: the DB_* variables are ignored. Logged with the password redacted."`
+	DatabaseURL string `envconfig:"DATABASE_URL" expect:"a postgres:// or postgresql:// URL or a keyword/value string" desc:"Full PostgreSQL connection string: a URL such as postgres://user:pass@host:5432/db?search_path=registry&sslmode=require, or keyword/value pairs such as host=db port=5432 dbname=registry user=app password=secret search_path=registry. When set it wins: the DB_* variables are ignored. Never shown with its password, in either form (errors and logs show password=xxxxx)."`
 
 	NATSURL      string `envconfig:"NATS_URL" default:"nats://127.0.0.1:4222" expect:"a comma-separated list of nats://, tls://, ws:// or wss:// server URLs" desc:"NATS servers, comma-separated (a cluster: list several)."`
 	NATSCreds    string `envconfig:"NATS_CREDS" expect:"a readable credentials file" desc:"NATS credentials file (JWT and NKey seed) to authenticate with."`
@@ -59,8 +58,8 @@ type spec struct {
 
 	Source              string `envconfig:"SOURCE" default:"database" expect:"one of database, fixtures, auto" desc:"Where the registry comes from: database, fixtures (the fixture files, no database), or auto (fixtures until the database answers, then the database)."`
 	SyncIntervalSeconds int    `envconfig:"SYNC_INTERVAL_SECONDS" default:"60" expect:"a positive integer" desc:"Seconds between two full reconciles of the published registry against the database (drift is repaired under a new revision)."`
-	FixturesDir         string `envconfig:"FIXTURES_DIR" expect:"an existing directory" desc:"Directory of fixture files for the fixtures and auto sources and for syncer fixtures import and verify without a DIR (empty: the built-in defaults)."`
-	SubjectPrefix       string `envconfig:"SUBJECT_PREFIX" default:"beamline.registry" expect:"dot-separated tokens of letters, digits, _ or - (no wildcards)" desc:"Prefix of every NATS subject and of the stream names (see PROTOCOL.md)."`
+	FixturesDir         string `envconfig:"FIXTURES_DIR" expect:"an existing directory" desc:"Directory of fixture files for the fixtures and auto sources and for syncer fixtures import and verify without a DIR (empty: the built-in defaults). Its top-level *.json entries are read; one that is a named pipe, a device or a socket is refused, naming the file."`
+	SubjectPrefix       string `envconfig:"SUBJECT_PREFIX" default:"beamline.registry" expect:"dot-separated tokens of ASCII letters, digits, _ or - (no wildcards, no empty tokens), at most 122 characters" desc:"Prefix of every NATS subject and of the stream names (PROTOCOL.md §1): dot-separated tokens of ASCII letters, digits, _ and -, at most 122 characters. Two syncers with different prefixes never share a stream; one whose streams or subjects belong to another prefix refuses to start."`
 
 	HTTPAddr   string `envconfig:"HTTP_ADDR" default:"127.0.0.1:9090" expect:"host:port with a numeric port, or empty" desc:"Address of the HTTP server (/metrics, /healthz, /readyz, POST /admin/sync); set it empty to disable HTTP."`
 	AdminToken string `envconfig:"ADMIN_TOKEN" secret:"true" expect:"at least 16 characters without whitespace" desc:"Bearer token of POST /admin/sync, at least 16 characters; empty disables the endpoint (403). Never logged."`
@@ -345,7 +344,10 @@ func loadConfig(lookup func(string) (string, bool)) (*config, error) {
 		}
 	}
 	if !bad["SUBJECT_PREFIX"] {
-		if _, err := protocol.NewNames(s.SubjectPrefix); err != nil {
+		if n := len(s.SubjectPrefix); n > protocol.MaxPrefixLen {
+			fail("SUBJECT_PREFIX", fmt.Sprintf("must be at most %d characters, so that its stream names fit JetStream's limit of %d (got %d characters)",
+				protocol.MaxPrefixLen, protocol.MaxStreamName, n))
+		} else if protocol.ValidatePrefix(s.SubjectPrefix) != nil {
 			fail("SUBJECT_PREFIX", "")
 		}
 	}
@@ -539,52 +541,6 @@ func buildDatabaseURL(s *spec) string {
 	q.Set("sslmode", s.DBSSLMode)
 	u.RawQuery = q.Encode()
 	return u.String()
-}
-
-// checkPostgresURL returns what is wrong with a DATABASE_URL ("" when fine), without
-// quoting the URL (it may hold a password).
-func checkPostgresURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err // url.Error repeats the whole URL
-		}
-		return fmt.Sprintf("must be a postgres:// or postgresql:// URL: %v", err)
-	}
-	if u.Scheme != "postgres" && u.Scheme != "postgresql" {
-		return "must be a postgres:// or postgresql:// URL"
-	}
-	if _, err := pgx.ParseConfig(raw); err != nil {
-		// pgconn's ParseConfigError redacts the password; its cause never holds one.
-		cause := err
-		if inner := errors.Unwrap(err); inner != nil {
-			cause = inner
-		}
-		return fmt.Sprintf("must be a valid PostgreSQL URL: %v", cause)
-	}
-	return ""
-}
-
-// redactPostgresURL hides the password of a PostgreSQL URL, in the user information and
-// in a password query parameter. An unparsable value is hidden whole.
-func redactPostgresURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(unparsable URL not shown: it may hold a password)"
-	}
-	q := u.Query()
-	changed := false
-	for _, k := range []string{"password", "sslpassword"} {
-		if q.Has(k) {
-			q.Set(k, "xxxxx")
-			changed = true
-		}
-	}
-	if changed {
-		u.RawQuery = q.Encode()
-	}
-	return u.Redacted()
 }
 
 // redactNATSURL hides the credentials of a NATS URL: the password, and a user name given

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/beamline/registry-syncer/admin"
+	"github.com/beamline/registry-syncer/publisher"
 	"github.com/beamline/registry-syncer/syncer"
 )
 
@@ -58,6 +59,17 @@ func daemon(ctx context.Context, cfg *config, log *slog.Logger) error {
 	nc, closed, err := connectNATS(ctx, cfg, log, true)
 	if err != nil {
 		return err
+	}
+	// Streams of another subject prefix are refused before anything starts (a NATS that
+	// does not answer yet is the syncer's to retry).
+	if pub, err := publisher.New(nc, cfg.Publisher); err == nil {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err = pub.CheckStreams(cctx)
+		cancel()
+		if errors.Is(err, publisher.ErrStreamInUse) {
+			nc.Close()
+			return fmt.Errorf("%s %q: %w", envPrefix+"_SUBJECT_PREFIX", cfg.Publisher.Prefix, err)
+		}
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
