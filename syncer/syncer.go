@@ -59,7 +59,10 @@ type Status struct {
 // leadership term (what was published, the cursor, the history, the snapshot writer) is
 // in a term value (term.go), created when the term starts and dropped when it ends.
 type Syncer struct {
-	cfg     Config
+	cfg Config
+	// base is the injected logger with this instance's id; the parts this package starts
+	// (listener, leadership) add their own component to it.
+	base    *slog.Logger
 	log     *slog.Logger
 	metrics *Metrics
 	nc      *nats.Conn
@@ -95,7 +98,8 @@ func New(cfg Config, nc *nats.Conn, pubCfg publisher.Config, log *slog.Logger, m
 	if metrics == nil {
 		metrics = NewMetrics(nil)
 	}
-	s := &Syncer{cfg: cfg, log: log.With("component", "syncer", "instance", cfg.InstanceID), metrics: metrics,
+	base := log.With("instance", cfg.InstanceID)
+	s := &Syncer{cfg: cfg, base: base, log: base.With("component", "syncer"), metrics: metrics,
 		nc: nc, pub: pub, force: make(chan chan error)}
 	s.status.Source, s.status.Role, s.status.SnapshotRevision = cfg.Source, RoleStarting, -1
 	return s, nil
@@ -298,7 +302,7 @@ func (s *Syncer) runDatabase(ctx context.Context) error {
 		return err
 	}
 	el, err := leadership.New(pool, leadership.Config{Holder: s.cfg.InstanceID, TTL: s.cfg.LeaderTTL,
-		RetryInterval: s.cfg.LeaderRetry}, s.log)
+		RetryInterval: s.cfg.LeaderRetry}, s.base)
 	if err != nil {
 		return err
 	}

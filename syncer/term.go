@@ -118,7 +118,7 @@ func (s *term) leadLoop(ctx context.Context) error {
 	}
 	defer stopFleet()
 	lcfg := s.cfg.Listener
-	lis, err := listener.New(lcfg, s.log, nil)
+	lis, err := listener.New(lcfg, s.base, nil)
 	if err != nil {
 		return err
 	}

@@ -49,6 +49,7 @@ func init() {
 		{"status", "[--json] [--timeout D]", "the database and published revisions and every router's applied revision, state and staleness, from the leading syncer (a NATS request: works from any machine with NATS access)", cmdStatus},
 		{"wait", "--revision R | --current [--routers N | --all] [--timeout D]", "exit 0 once N (or all live) routers applied revision R or later, 1 on timeout listing the laggards", cmdWait},
 		{"dev", "[--dir DIR]", "everything on this machine: a private PostgreSQL, an embedded NATS with JetStream, migrations, the default fixtures and the syncer", cmdDev},
+		{"version", "[--json]", "print the version, VCS commit and Go version of this binary", cmdVersion},
 		{"help", "", "show this help and the environment variables", cmdHelp},
 	}
 }

@@ -73,6 +73,7 @@ func daemon(ctx context.Context, cfg *config, log *slog.Logger) error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	registerBuildInfo(reg)
 	registerNATSMetrics(reg, nc)
 	s, err := syncer.New(cfg.Syncer, nc, cfg.Publisher, log, syncer.NewMetrics(reg))
 	if err != nil {
