@@ -49,6 +49,9 @@ func init() {
 		{"status", "[--json] [--timeout D]", "the database and published revisions and every router's applied revision, state and staleness, from the leading syncer (a NATS request: works from any machine with NATS access)", cmdStatus},
 		{"wait", "--revision R | --current [--routers N | --all] [--timeout D]", "exit 0 once N (or all live) routers applied revision R or later, 1 on timeout listing the laggards", cmdWait},
 		{"dev", "[--dir DIR]", "everything on this machine: a private PostgreSQL, an embedded NATS with JetStream, migrations, the default fixtures and the syncer", cmdDev},
+		{"history", "[ID] [--since 24h|TIME] [--limit N] [--json]", "who changed what, when, under which revision (the change log)", cmdHistory},
+		{"diff", "REV_A REV_B [--json]", "the content difference between two revisions, from the change log", cmdDiff},
+		{"rollback", "ID --to-revision R [--dry-run] [--by NAME]", "restore one extension's aggregate as it was at revision R, as a new audited revision", cmdRollback},
 		{"version", "[--json]", "print the version, VCS commit and Go version of this binary", cmdVersion},
 		{"help", "", "show this help and the environment variables", cmdHelp},
 	}
