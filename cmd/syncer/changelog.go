@@ -3,10 +3,8 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"os/user"
 	"strconv"
 	"strings"
@@ -18,13 +16,42 @@ import (
 	"github.com/beamline/registry-syncer/changelog"
 )
 
-// leadingArg splits off an argument given before the flags (`history ID --limit 3`); the
-// flag package stops at the first non-flag.
-func leadingArg(args []string) (string, []string) {
+// parseWithID parses flags around one extension id, given before the flags (`history ID
+// --limit 3`: the flag package stops at the first non-flag) or after them.
+func parseWithID(fs *flag.FlagSet, args []string, required bool) (string, error) {
+	var id string
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		return args[0], args[1:]
+		id, args = args[0], args[1:]
 	}
-	return "", args
+	max := 1
+	if id != "" {
+		max = 0
+	}
+	rest, err := parseInto(fs, args, 0, max)
+	if err != nil {
+		return "", err
+	}
+	if len(rest) == 1 {
+		id = rest[0]
+	}
+	if id == "" && required {
+		return "", usagef("want an extension id: syncer %s ID", fs.Name())
+	}
+	return id, nil
+}
+
+// openDB reads the configuration and opens one connection to the registry database;
+// done closes it.
+func openDB(ctx context.Context, e *env) (*pgx.Conn, func(), error) {
+	cfg, err := e.config()
+	if err != nil {
+		return nil, nil, err
+	}
+	conn, err := connect(ctx, cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return conn, func() { conn.Close(context.WithoutCancel(ctx)) }, nil
 }
 
 // parseSince reads --since: a duration back from now (24h) or an RFC 3339 time.
@@ -43,25 +70,13 @@ func parseSince(s string) (time.Time, error) {
 
 // cmdHistory prints who changed what, when, under which revision.
 func cmdHistory(ctx context.Context, e *env, args []string) error {
-	fs := flag.NewFlagSet("history", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
+	fs := newFlags("history")
 	since := fs.String("since", "", "only changes committed since then: a duration (24h) or an RFC 3339 time")
 	limit := fs.Int("limit", 100, "the newest N row changes (0: all)")
 	asJSON := fs.Bool("json", false, "one JSON object per row change")
-	id, args := leadingArg(args)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usagef("%v", err)
-	}
-	if id == "" && fs.NArg() > 0 {
-		id = fs.Arg(0)
-		if fs.NArg() > 1 {
-			return usagef("unexpected argument %q", fs.Arg(1))
-		}
-	} else if fs.NArg() > 0 {
-		return usagef("unexpected argument %q", fs.Arg(0))
+	id, err := parseWithID(fs, args, false)
+	if err != nil {
+		return err
 	}
 	if *limit < 0 {
 		return usagef("--limit must not be negative")
@@ -70,15 +85,11 @@ func cmdHistory(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	cfg, err := e.config()
+	conn, done, err := openDB(ctx, e)
 	if err != nil {
 		return err
 	}
-	conn, err := connect(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
+	defer done()
 	entries, err := changelog.History(ctx, conn, changelog.HistoryFilter{ID: id, Since: from, Limit: *limit})
 	if err != nil {
 		return err
@@ -122,35 +133,28 @@ func parseRevision(name, s string) (int64, error) {
 
 // cmdDiff prints the content difference between two revisions, from the change log.
 func cmdDiff(ctx context.Context, e *env, args []string) error {
-	fs := flag.NewFlagSet("diff", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
+	fs := newFlags("diff")
 	asJSON := fs.Bool("json", false, "print the differing aggregates as JSON")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usagef("%v", err)
+	revs, err := parseInto(fs, args, 0, 2)
+	if err != nil {
+		return err
 	}
-	if fs.NArg() != 2 {
+	if len(revs) != 2 {
 		return usagef("want two revisions: syncer diff REV_A REV_B")
 	}
-	a, err := parseRevision("REV_A", fs.Arg(0))
+	a, err := parseRevision("REV_A", revs[0])
 	if err != nil {
 		return err
 	}
-	b, err := parseRevision("REV_B", fs.Arg(1))
+	b, err := parseRevision("REV_B", revs[1])
 	if err != nil {
 		return err
 	}
-	cfg, err := e.config()
+	conn, done, err := openDB(ctx, e)
 	if err != nil {
 		return err
 	}
-	conn, err := connect(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
+	defer done()
 	for _, r := range []int64{a, b} {
 		if err := changelog.CheckRevision(ctx, conn, r); err != nil {
 			return err
@@ -184,25 +188,13 @@ func cmdDiff(ctx context.Context, e *env, args []string) error {
 // cmdRollback restores one extension's aggregate as it was at a revision, as a new,
 // audited revision.
 func cmdRollback(ctx context.Context, e *env, args []string) error {
-	fs := flag.NewFlagSet("rollback", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
+	fs := newFlags("rollback")
 	to := fs.Int64("to-revision", -1, "the revision whose content to restore")
 	dryRun := fs.Bool("dry-run", false, "print what would change, change nothing")
 	by := fs.String("by", "", "the author recorded in the audit log (default: the OS user)")
-	id, args := leadingArg(args)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usagef("%v", err)
-	}
-	if id == "" && fs.NArg() > 0 {
-		id = fs.Arg(0)
-	} else if fs.NArg() > 0 {
-		return usagef("unexpected argument %q", fs.Arg(0))
-	}
-	if id == "" {
-		return usagef("want an extension id: syncer rollback ID --to-revision R")
+	id, err := parseWithID(fs, args, true)
+	if err != nil {
+		return err
 	}
 	if *to < 0 {
 		return usagef("--to-revision R is required (0 or more)")
@@ -213,15 +205,11 @@ func cmdRollback(ctx context.Context, e *env, args []string) error {
 			author = u.Username
 		}
 	}
-	cfg, err := e.config()
+	conn, done, err := openDB(ctx, e)
 	if err != nil {
 		return err
 	}
-	conn, err := connect(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
+	defer done()
 	if err := changelog.CheckRevision(ctx, conn, *to); err != nil {
 		return err
 	}

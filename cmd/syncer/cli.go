@@ -108,8 +108,19 @@ func run(ctx context.Context, args []string, lookup func(string) (string, bool),
 // parseFlags parses a command's flags (only -h so far) and checks the number of
 // positional arguments.
 func parseFlags(name string, args []string, minArgs, maxArgs int) ([]string, error) {
+	return parseInto(newFlags(name), args, minArgs, maxArgs)
+}
+
+// newFlags is a flag set whose errors and usage run reports (it prints nothing itself).
+func newFlags(name string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // run prints the usage
+	return fs
+}
+
+// parseInto parses args into fs and returns the arguments after the flags, between
+// minArgs and maxArgs of them; -h gives flag.ErrHelp, any other mistake a usage error.
+func parseInto(fs *flag.FlagSet, args []string, minArgs, maxArgs int) ([]string, error) {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, err

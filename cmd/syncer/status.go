@@ -4,9 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
-	"io"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -54,18 +52,11 @@ func statusClient(ctx context.Context, e *env) (*nats.Conn, func(), protocol.Nam
 // cmdStatus prints the database and published revisions and every router's applied
 // revision, state and staleness, as the leading syncer sees them.
 func cmdStatus(ctx context.Context, e *env, args []string) error {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
+	fs := newFlags("status")
 	asJSON := fs.Bool("json", false, "print the leader's answer as JSON")
 	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the leading syncer's answer")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usagef("%v", err)
-	}
-	if fs.NArg() > 0 {
-		return usagef("unexpected argument %q", fs.Arg(0))
+	if _, err := parseInto(fs, args, 0, 0); err != nil {
+		return err
 	}
 	if *timeout <= 0 {
 		return usagef("-timeout must be positive")
@@ -116,22 +107,16 @@ func since(now, t time.Time) string {
 // cmdWait waits until routers applied a revision: exit 0 once N (or all live) routers
 // report at least it, 1 on timeout listing the laggards.
 func cmdWait(ctx context.Context, e *env, args []string) error {
-	fs := flag.NewFlagSet("wait", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
+	fs := newFlags("wait")
 	revision := fs.Int64("revision", 0, "the revision to wait for")
 	current := fs.Bool("current", false, "wait for the database's current revision")
 	routers := fs.Int("routers", 0, "how many routers must have applied it")
 	all := fs.Bool("all", false, "every live router must have applied it (the default)")
 	timeout := fs.Duration("timeout", 30*time.Second, "how long to wait")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usagef("%v", err)
+	if _, err := parseInto(fs, args, 0, 0); err != nil {
+		return err
 	}
 	switch {
-	case fs.NArg() > 0:
-		return usagef("unexpected argument %q", fs.Arg(0))
 	case (*revision > 0) == *current:
 		return usagef("give exactly one of --revision R (R > 0) and --current")
 	case *routers < 0 || (*routers > 0 && *all):

@@ -3,10 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
-	"io"
 	"runtime/debug"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -55,17 +52,10 @@ func registerBuildInfo(reg prometheus.Registerer) {
 }
 
 func cmdVersion(_ context.Context, e *env, args []string) error {
-	fs := flag.NewFlagSet("version", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
+	fs := newFlags("version")
 	asJSON := fs.Bool("json", false, "print the build information as JSON")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usagef("%v", err)
-	}
-	if fs.NArg() > 0 {
-		return usagef("unexpected argument %q", fs.Arg(0))
+	if _, err := parseInto(fs, args, 0, 0); err != nil {
+		return err
 	}
 	bi := readBuildInfo()
 	if *asJSON {
