@@ -266,47 +266,36 @@ func Describe(before, after *cache.Extension) []string {
 	field("version", before.Version, after.Version)
 	field("config", before.Config, after.Config)
 	field("metadata", before.Metadata, after.Metadata)
-	bv := map[string]cache.Version{}
-	for _, v := range before.Versions {
-		bv[v.Version] = v
-	}
-	av := map[string]cache.Version{}
-	for _, v := range after.Versions {
-		av[v.Version] = v
-	}
-	for _, k := range unionKeys(bv, av) {
-		x, inB := bv[k]
-		y, inA := av[k]
-		switch {
-		case !inB:
-			lines = append(lines, fmt.Sprintf("version %s added (%s)", k, y.Subject))
-		case !inA:
-			lines = append(lines, fmt.Sprintf("version %s removed", k))
-		default:
-			field("versions["+k+"]", x, y)
-		}
-	}
-	bi := map[string]cache.Instance{}
-	for _, in := range before.Instances {
-		bi[in.InstanceID] = in
-	}
-	ai := map[string]cache.Instance{}
-	for _, in := range after.Instances {
-		ai[in.InstanceID] = in
-	}
-	for _, k := range unionKeys(bi, ai) {
-		x, inB := bi[k]
-		y, inA := ai[k]
-		switch {
-		case !inB:
-			lines = append(lines, fmt.Sprintf("instance %s added (%s, weight %d)", k, y.Subject, y.Weight))
-		case !inA:
-			lines = append(lines, fmt.Sprintf("instance %s removed", k))
-		default:
-			field("instances["+k+"]", x, y)
-		}
-	}
+	children(&lines, "version", "versions", before.Versions, after.Versions, func(v cache.Version) string { return v.Version },
+		func(v cache.Version) string { return v.Subject }, field)
+	children(&lines, "instance", "instances", before.Instances, after.Instances, func(in cache.Instance) string { return in.InstanceID },
+		func(in cache.Instance) string { return fmt.Sprintf("%s, weight %d", in.Subject, in.Weight) }, field)
 	return lines
+}
+
+// children describes the children (versions or instances) added, removed or changed,
+// matched by key.
+func children[T any](lines *[]string, kind, plural string, before, after []T, key func(T) string, summary func(T) string,
+	field func(name string, a, b any)) {
+	bm, am := map[string]T{}, map[string]T{}
+	for _, x := range before {
+		bm[key(x)] = x
+	}
+	for _, x := range after {
+		am[key(x)] = x
+	}
+	for _, k := range unionKeys(bm, am) {
+		x, inB := bm[k]
+		y, inA := am[k]
+		switch {
+		case !inB:
+			*lines = append(*lines, fmt.Sprintf("%s %s added (%s)", kind, k, summary(y)))
+		case !inA:
+			*lines = append(*lines, fmt.Sprintf("%s %s removed", kind, k))
+		default:
+			field(plural+"["+k+"]", x, y)
+		}
+	}
 }
 
 func unionKeys[V any](a, b map[string]V) []string {
