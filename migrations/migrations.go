@@ -33,6 +33,18 @@ const TriggersVersion = 2
 // triggers/channel.sql (channel names cut to 63 bytes, not characters).
 const ChannelVersion = 4
 
+// TriggersReinstalled lists the migrations after TriggersVersion that run triggers.sql and
+// channel.sql again (both are written to run again over an earlier version). triggers.sql
+// is an editable file, and a migration that already ran never runs again: every change to
+// it ships as a new entry here, so databases migrated before the change get it too.
+// TestTriggerChangesShipAsMigrations fails when the SQL changed without one
+// (InstalledTriggersSHA256 is the SHA-256 of what the newest entry installs).
+var TriggersReinstalled = []int64{7}
+
+// InstalledTriggersSHA256 is the hex SHA-256 of triggers.SQL followed by triggers.ChannelSQL
+// as the newest TriggersReinstalled migration installs them.
+const InstalledTriggersSHA256 = "6056ed542d661af36102905e8a2bb3599e91e8508af699555d9102133ee74aae"
+
 // Open returns a database/sql handle over pgx for url (search_path in the URL selects the
 // schema the registry lives in).
 func Open(url string) (*sql.DB, error) {
@@ -77,10 +89,15 @@ func provider(ctx context.Context, db *sql.DB) (*goose.Provider, error) {
 	if err != nil {
 		return nil, err
 	}
-	install := goose.NewGoMigration(TriggersVersion, &goose.GoFunc{RunTx: triggers.Install}, nil)
-	channel := goose.NewGoMigration(ChannelVersion, &goose.GoFunc{RunTx: triggers.InstallChannel}, nil)
+	gos := []*goose.Migration{
+		goose.NewGoMigration(TriggersVersion, &goose.GoFunc{RunTx: triggers.Install}, nil),
+		goose.NewGoMigration(ChannelVersion, &goose.GoFunc{RunTx: triggers.InstallChannel}, nil),
+	}
+	for _, v := range TriggersReinstalled {
+		gos = append(gos, goose.NewGoMigration(v, &goose.GoFunc{RunTx: triggers.Install}, nil))
+	}
 	return goose.NewProvider(goose.DialectPostgres, db, sub,
-		goose.WithGoMigrations(install, channel),
+		goose.WithGoMigrations(gos...),
 		goose.WithDisableGlobalRegistry(true),
 		goose.WithSessionLocker(locker),
 		goose.WithTableName("registry_schema_migrations"),
@@ -103,6 +120,19 @@ func Up(ctx context.Context, db *sql.DB) ([]State, error) {
 		out = append(out, State{Version: r.Source.Version, Name: name(r.Source), Applied: true})
 	}
 	return out, nil
+}
+
+// UpTo applies the pending migrations up to and including version (an upgrade test
+// starts from an older schema with it).
+func UpTo(ctx context.Context, db *sql.DB, version int64) error {
+	p, err := provider(ctx, db)
+	if err != nil {
+		return err
+	}
+	if _, err := p.UpTo(ctx, version); err != nil {
+		return fmt.Errorf("migrate to %d: %w", version, err)
+	}
+	return nil
 }
 
 // Status lists every known migration and whether it is applied.

@@ -47,7 +47,7 @@ func emptySchema(t *testing.T, name string) string {
 }
 
 // allVersions are the migrations a new schema gets.
-var allVersions = []int64{1, migrations.TriggersVersion, 3, migrations.ChannelVersion}
+var allVersions = append([]int64{1, migrations.TriggersVersion, 3, migrations.ChannelVersion}, migrations.TriggersReinstalled...)
 
 func versions(states []migrations.State) []int64 {
 	var v []int64

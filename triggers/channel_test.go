@@ -113,7 +113,8 @@ func TestChannelMigration(t *testing.T) {
 	mustExec(t, ctx, conn, `CREATE OR REPLACE FUNCTION registry_channel() RETURNS text
 		LANGUAGE sql STABLE SET search_path FROM CURRENT AS $$
 		SELECT left(current_schema() || '.registry_revision', 63) $$`)
-	mustExec(t, ctx, conn, `DELETE FROM registry_schema_migrations WHERE version_id = $1`, migrations.ChannelVersion)
+	// As if migrated before migration 4 existed (and before every later one).
+	mustExec(t, ctx, conn, `DELETE FROM registry_schema_migrations WHERE version_id >= $1`, migrations.ChannelVersion)
 	if _, err := conn.Exec(ctx, `INSERT INTO extensions (id, type, subject) VALUES ('x', 'pre', 'beamline.ext.pre.x.v1')`); err == nil || !strings.Contains(err.Error(), "channel name too long") {
 		t.Fatalf("with the earlier definition the write gave %v, want channel name too long (the case migration 4 repairs)", err)
 	}
@@ -123,7 +124,7 @@ func TestChannelMigration(t *testing.T) {
 	}
 	defer db.Close()
 	applied, err := migrations.Up(ctx, db)
-	if err != nil || len(applied) != 1 || applied[0].Version != migrations.ChannelVersion {
+	if err != nil || len(applied) == 0 || applied[0].Version != migrations.ChannelVersion {
 		t.Fatalf("Up applied %v (%v), want migration %d", applied, err, migrations.ChannelVersion)
 	}
 	ln, ch := listen(t, ctx, url)
