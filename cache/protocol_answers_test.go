@@ -266,6 +266,18 @@ func TestAnswerExtraFields(t *testing.T) {
 			t.Errorf("%s: accepted", in)
 		}
 	}
+	// Nesting: a value (config, metadata, routing_rules or an unknown field's) may hold at
+	// most 256 nested arrays and objects, itself included.
+	nest := func(n int) string { return strings.Repeat(`[`, n) + strings.Repeat(`]`, n) }
+	for n, ok := range map[int]bool{256: true, 257: false} {
+		if _, err := canonOf(t, answersExt+`,"extra":`+nest(n)+`}`); (err == nil) != ok {
+			t.Errorf("unknown field nesting %d: err %v, want ok=%v", n, err, ok)
+		}
+		cfg := strings.Replace(plain, `"config":{}`, `"config":{"a":`+nest(n-1)+`}`, 1)
+		if _, err := canonOf(t, cfg); (err == nil) != ok {
+			t.Errorf("config nesting %d: err %v, want ok=%v", n, err, ok)
+		}
+	}
 	got, err := canonOf(t, strings.Replace(plain, `"config":{}`, `"config":{"extra":1}`, 1))
 	if err != nil || got == want || !strings.Contains(got, `"config":{"extra":1}`) {
 		t.Errorf("a field inside config must be content: %s (%v)", got, err)
@@ -296,6 +308,7 @@ func TestAnswerLimitsAndWhitespace(t *testing.T) {
 		{"instance_id 256 bytes (128 characters)", ext("v1", "s.v1", long("é", 128), "x"), false},
 		{"instance_id with space, dot, star and upper case", ext("v1", "s.v1", "I 1.*>", "x"), true},
 		{"instance_id empty", ext("v1", "s.v1", "", "x"), false},
+		{"instance_id with control characters", ext("v1", "s.v1", "i\x00\n", "x"), true},
 		{"subject 512 bytes", ext("v1", long("s", 509)+".v1", "i", "x"), true},
 		{"subject 513 bytes", ext("v1", long("s", 510)+".v1", "i", "x"), false},
 		{"subject 514 bytes in 259 characters", ext("v1", long("é", 255)+"s.v1", "i", "x"), false},
