@@ -301,3 +301,26 @@ func TestAnswerStoredHeaders(t *testing.T) {
 		t.Errorf("missing chunk: got %v, want ErrSnapshotMoved", err)
 	}
 }
+
+// Q3: a live delta whose Registry-Revision header disagrees with its payload is invalid
+// (so its headers cannot be trusted to choose what to fetch); without the header, or with
+// an agreeing one, it decodes.
+func TestAnswerLiveHeaders(t *testing.T) {
+	t.Parallel()
+	for hdr, ok := range map[string]bool{"": true, "2": true, "3": false, "02": false} {
+		m := nats.NewMsg("answers.live")
+		m.Data = []byte(answersDelta)
+		if hdr != "" {
+			m.Header.Set(protocol.HeaderRevision, hdr)
+		}
+		_, err := protocol.DeltaFromMsg(m)
+		if (err == nil) != ok || (err != nil && !errors.Is(err, protocol.ErrInvalid)) {
+			t.Errorf("Registry-Revision %q: err %v, want ok=%v", hdr, err, ok)
+		}
+	}
+	for _, garbage := range []string{"", "{", `{"revision":2}`, "\xff"} {
+		if _, err := protocol.DeltaFromMsg(&nats.Msg{Subject: "answers.live", Data: []byte(garbage)}); !errors.Is(err, protocol.ErrInvalid) {
+			t.Errorf("%q: got %v, want ErrInvalid", garbage, err)
+		}
+	}
+}
