@@ -77,12 +77,27 @@ func (r *Reader) Delta(ctx context.Context, rev int64) (*Delta, error) {
 	if err != nil {
 		return nil, err
 	}
-	d, err := DecodeDelta(st.Data)
+	d, err := r.Names.DeltaFromStored(st)
 	if err != nil {
 		return nil, fmt.Errorf("stored delta %d: %w", rev, err)
 	}
-	if d.Revision != rev {
+	return d, nil
+}
+
+// DeltaFromStored decodes a delta read back from the delta stream (by Reader.Delta, or
+// the newest one with Reader.Last on DeltaSubjects) and checks it as PROTOCOL.md §3.6
+// says: the payload's revision is the one its subject names, and a Registry-Revision
+// header, when present, agrees with it.
+func (n Names) DeltaFromStored(st *Stored) (*Delta, error) {
+	d, err := DecodeDelta(st.Data)
+	if err != nil {
+		return nil, err
+	}
+	if st.Subject != n.DeltaSubject(d.Revision) {
 		return nil, invalid("stored delta on %s carries revision %d", st.Subject, d.Revision)
+	}
+	if h := st.Header.Get(HeaderRevision); h != "" && h != strconv.FormatInt(d.Revision, 10) {
+		return nil, invalid("stored delta %d: header %s is %q", d.Revision, HeaderRevision, h)
 	}
 	return d, nil
 }
