@@ -107,7 +107,7 @@ type Config struct {
 	ReportInterval time.Duration
 
 	// StaleAfter is how long without a valid delta or heartbeat the client reports
-	// itself stale (default 10s).
+	// itself stale (default 10s; at least 5 of the syncer's heartbeat intervals).
 	StaleAfter time.Duration
 
 	// CallStats, when set, provides the per-extension call statistics since the previous
@@ -167,11 +167,12 @@ type Client struct {
 	names  protocol.Names
 	reader *protocol.Reader
 
-	snap      atomic.Pointer[cache.Snapshot]
-	fallback  atomic.Pointer[cache.Snapshot] // the installed Fallback snapshot, if any
-	lastHeard atomic.Int64                   // unix nanoseconds of the last valid delta or heartbeat
-	startedAt atomic.Int64                   // unix nanoseconds of Start
-	ready     chan struct{}                  // closed at the first install
+	snap        atomic.Pointer[cache.Snapshot]
+	fallback    atomic.Pointer[cache.Snapshot] // the installed Fallback snapshot, if any
+	lastHeard   atomic.Int64                   // unix nanoseconds of the last valid delta or heartbeat
+	heartbeatMS atomic.Int64                   // interval_ms of the last valid heartbeat (0: none yet)
+	startedAt   atomic.Int64                   // unix nanoseconds of Start
+	ready       chan struct{}                  // closed at the first install
 
 	resyncs    atomic.Uint64
 	rejections atomic.Uint64

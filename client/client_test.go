@@ -995,3 +995,31 @@ func TestHeartbeatBehindOrEqualIgnored(t *testing.T) {
 		t.Fatalf("resyncs %d events %d", c.resyncs.Load(), len(c.Events()))
 	}
 }
+
+// TestReconnectCatchesUp: a delta stored and announced while the client was disconnected,
+// with no heartbeat afterwards (the syncer stopped): once the client is connected again it
+// reads the newest stored delta and catches up, without waiting for a heartbeat that may
+// never come (PROTOCOL.md §9, reconnection).
+func TestReconnectCatchesUp(t *testing.T) {
+	t.Parallel()
+	srv := harness.NewNATS(t, harness.NATSOptions{})
+	src := newSource(t, srv, 5, "")
+	proxy := harness.NewProxy(t, strings.TrimPrefix(srv.URL(), "nats://"))
+	nc, err := nats.Connect("nats://"+proxy.Addr(), nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	c := startClient(t, nc, Config{WaitBootstrap: true})
+	before := nc.Stats().Reconnects
+	// Cut the client off while the source stores and announces one delta.
+	proxy.Stall()
+	proxy.Cut()
+	d := src.commit(src.touch("ext.000001", 888))
+	proxy.Resume()
+	waitFor(t, "the client reconnected", func() bool { return nc.Stats().Reconnects > before && nc.IsConnected() })
+	waitFor(t, "the client caught up after the reconnect", func() bool { return c.Revision() == d.Revision })
+	if e, _ := c.Lookup("ext.000001"); e == nil || e.TimeoutMS != 888 {
+		t.Errorf("after the reconnect: %+v", e)
+	}
+}

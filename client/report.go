@@ -94,7 +94,7 @@ func (c *Client) stateNow(now time.Time) (string, time.Time) {
 		switch {
 		case rej != nil && rej.At.After(heard):
 			st = protocol.RouterRejecting
-		case now.Sub(heard) > c.cfg.StaleAfter:
+		case now.Sub(heard) > max(c.cfg.StaleAfter, 5*time.Duration(c.heartbeatMS.Load())*time.Millisecond):
 			st = protocol.RouterStale
 		}
 	}

@@ -78,6 +78,12 @@ func (c *Client) run(ctx context.Context) {
 	live, heartbeat := c.names.Live(), c.names.Heartbeat()
 	c.loop.need = &goal{reason: "bootstrap"}
 	c.resync(ctx)
+	// A reconnect may have lost live messages (PROTOCOL.md §9, reconnection): catch up
+	// from the stream once the subscriptions are back. nats.go re-subscribes on its own;
+	// its reconnect count is watched rather than its handler, which belongs to the caller.
+	reconnects := c.nc.Stats().Reconnects
+	watch := time.NewTicker(time.Second)
+	defer watch.Stop()
 	for {
 		var msgs chan *nats.Msg
 		if c.snap.Load() != nil {
@@ -103,6 +109,13 @@ func (c *Client) run(ctx context.Context) {
 		case <-timer:
 			c.loop.armed = false
 			c.resync(ctx)
+		case <-watch.C:
+			if n := c.nc.Stats().Reconnects; n != reconnects && c.nc.IsConnected() {
+				reconnects = n
+				if err := c.nc.FlushTimeout(c.cfg.RequestTimeout); err == nil { // subscriptions confirmed
+					c.want(ctx, goal{probe: true, reason: "reconnected"})
+				}
+			}
 		}
 	}
 }
@@ -148,6 +161,7 @@ func (c *Client) handleHeartbeat(ctx context.Context, m *nats.Msg) {
 		return
 	}
 	c.heard()
+	c.heartbeatMS.Store(h.IntervalMS)
 	cur := c.snap.Load()
 	switch {
 	case c.isFallback(cur):
@@ -378,7 +392,7 @@ func (c *Client) lastStored(ctx context.Context) (*protocol.Delta, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read the newest stored delta: %w", err)
 	}
-	d, err := protocol.DecodeDelta(st.Data)
+	d, err := c.names.DeltaFromStored(st)
 	if err != nil {
 		err = fmt.Errorf("%w: newest stored delta (%s): %w", ErrRejected, st.Subject, err)
 		c.rejectStored(ctx, err)
