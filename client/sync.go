@@ -24,6 +24,7 @@ type goal struct {
 	hard     bool   // deltas cannot extend the served content to the target (missing, resync, drift): read a snapshot first
 	probe    bool   // also catch up with the stream's newest delta (the target is unknown)
 	reason   string
+	since    time.Time // when the goal was first recorded
 }
 
 // loopState belongs to the run goroutine.
@@ -49,6 +50,16 @@ const (
 	// snapshotMovedRetries bounds immediate rereads when the snapshot is
 	// replaced while being read.
 	snapshotMovedRetries = 3
+	// quietReset is how long without a resync attempt resets the backoff: a
+	// stream of reasons to resync (whatever arrives) never makes attempts more
+	// frequent than the backoff allows, and a goal dropped or reached does not
+	// reset it.
+	quietReset = 2 * backoffMax
+	// goalTimeout is how long a goal that neither the stored deltas nor the
+	// stored snapshot can reach is chased: a revision announced but absent from
+	// the streams is given up, and the client goes on following the live
+	// subject (the next announcement or heartbeat sets a new goal).
+	goalTimeout = 30 * time.Second
 )
 
 var (
@@ -103,8 +114,31 @@ func (c *Client) run(ctx context.Context) {
 	}
 }
 
+// verifyLive checks a live or heartbeat message's signature. Before the first
+// bootstrap has established trust (no configured keys), nothing can be
+// verified: the message only hurries a pending bootstrap and is otherwise
+// ignored (handled reports false).
+func (c *Client) verifyLive(ctx context.Context, kind string, m *nats.Msg) (handled bool) {
+	t := c.trust.Load()
+	if t == nil {
+		if c.isFallback(c.snap.Load()) {
+			c.hurry()
+		}
+		return false
+	}
+	if err := t.Verify(kind, m.Header, m.Data); err != nil {
+		c.reject(ctx, fmt.Errorf("%w: %s message: %w", ErrRejected, m.Subject, err))
+		c.want(ctx, goal{probe: true, reason: "rejected " + kind})
+		return false
+	}
+	return true
+}
+
 // handleDelta processes one message from the live subject.
 func (c *Client) handleDelta(ctx context.Context, m *nats.Msg) {
+	if !c.verifyLive(ctx, protocol.KindDelta, m) {
+		return
+	}
 	d, err := protocol.DeltaFromMsg(m)
 	if err != nil {
 		c.reject(ctx, fmt.Errorf("%w: live message: %w", ErrRejected, err))
@@ -121,8 +155,17 @@ func (c *Client) handleDelta(ctx context.Context, m *nats.Msg) {
 		c.log.DebugContext(ctx, "client: delta already applied", slog.Int64("revision", d.Revision), slog.Int64("served", cur.Revision()))
 	case d.Resync:
 		c.want(ctx, goal{target: d.Revision, checksum: d.Checksum, hard: true, reason: "resync delta"})
-	case d.PrevRevision == cur.Revision() && (c.loop.need == nil || !c.loop.need.hard):
+	case d.PrevRevision == cur.Revision():
+		// Applied even while a goal is pending: the result is verified against the
+		// signed checksum, so a verified result is the registry's content.
 		if err := c.applyDelta(d, "live"); err != nil {
+			if n := c.loop.need; n != nil && n.hard {
+				// The served content is already known to need a snapshot (drift, a
+				// resync delta): the delta failing on top of it is expected.
+				c.log.DebugContext(ctx, "client: live delta does not apply while a snapshot is awaited", slog.Any("error", err))
+				c.want(ctx, goal{target: d.Revision, checksum: d.Checksum, hard: true, reason: "gap"})
+				return
+			}
 			c.reject(ctx, err)
 			c.want(ctx, goal{probe: true, reason: "rejected live delta"})
 			return
@@ -137,6 +180,9 @@ func (c *Client) handleDelta(ctx context.Context, m *nats.Msg) {
 
 // handleHeartbeat processes one message from the heartbeat subject.
 func (c *Client) handleHeartbeat(ctx context.Context, m *nats.Msg) {
+	if !c.verifyLive(ctx, protocol.KindHeartbeat, m) {
+		return
+	}
 	h, err := protocol.DecodeHeartbeat(m.Data)
 	if err != nil {
 		c.reject(ctx, fmt.Errorf("%w: heartbeat: %w", ErrRejected, err))
@@ -156,7 +202,8 @@ func (c *Client) handleHeartbeat(ctx context.Context, m *nats.Msg) {
 	case h.Checksum != "" && h.Checksum != cur.Checksum():
 		c.want(ctx, goal{target: h.Revision, checksum: h.Checksum, hard: true, reason: "drift"})
 	default:
-		// The syncer confirms the served state.
+		// The syncer confirms the served state (the backoff is kept: confirmations
+		// alternating with news of a gap do not make resyncs more frequent).
 		if n := c.loop.need; n != nil && !n.probe && !c.isFallback(cur) {
 			c.log.InfoContext(ctx, "client: heartbeat confirms the served revision; resync abandoned",
 				slog.Int64("revision", cur.Revision()), slog.Int64("target", n.target), slog.String("reason", n.reason))
@@ -194,10 +241,22 @@ func (c *Client) want(ctx context.Context, g goal) {
 		return // retried on schedule: more gap news does not make a lagging snapshot newer
 	}
 	c.resyncs.Add(1)
+	g.since = time.Now()
 	c.loop.need = &g
-	c.loop.attempt = 0
 	c.log.InfoContext(ctx, "client: resyncing", slog.String("reason", g.reason),
 		slog.Int64("revision", c.Revision()), slog.Int64("target", g.target))
+	// Rate limit: the first attempt of a new goal comes at once only after a
+	// quiet period; otherwise it waits its turn in the backoff.
+	since := time.Since(c.loop.lastAttempt)
+	if c.loop.lastAttempt.IsZero() || since >= quietReset {
+		c.loop.attempt = 0
+		c.resync(ctx)
+		return
+	}
+	if wait := backoff(c.loop.attempt) - since; wait > 0 {
+		c.schedule(wait)
+		return
+	}
 	c.resync(ctx)
 }
 
@@ -205,7 +264,6 @@ func (c *Client) want(ctx context.Context, g goal) {
 func (c *Client) reached(ctx context.Context) {
 	n := c.loop.need
 	c.loop.need = nil
-	c.loop.attempt = 0
 	c.loop.timer.Stop()
 	c.loop.armed = false
 	if n.reason != "bootstrap" {
@@ -246,6 +304,15 @@ func (c *Client) resync(ctx context.Context) {
 		close(c.ready)
 	}
 	if c.satisfied(g) {
+		c.reached(ctx)
+		return
+	}
+	if c.base() != nil && time.Since(g.since) > goalTimeout && (errors.Is(err, errMissing) || errors.Is(err, errBehind)) {
+		// Neither the stored deltas nor the stored snapshot reach the target: it
+		// was announced but is not in the streams. Give it up and keep following.
+		c.log.WarnContext(ctx, "client: giving up a resync target the streams do not hold",
+			slog.String("reason", g.reason), slog.Int64("revision", c.Revision()), slog.Int64("target", g.target),
+			slog.Duration("after", time.Since(g.since)), slog.Any("error", err))
 		c.reached(ctx)
 		return
 	}
@@ -374,7 +441,11 @@ func (c *Client) lastStored(ctx context.Context) (*protocol.Delta, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read the newest stored delta: %w", err)
 	}
-	d, err := protocol.DecodeDelta(st.Data)
+	err = c.reader.Trust.Verify(protocol.KindDelta, st.Header, st.Data)
+	var d *protocol.Delta
+	if err == nil {
+		d, err = protocol.DecodeDelta(st.Data)
+	}
 	if err != nil {
 		err = fmt.Errorf("%w: newest stored delta (%s): %w", ErrRejected, st.Subject, err)
 		c.rejectStored(ctx, err)
@@ -407,6 +478,9 @@ func (c *Client) fetch(ctx context.Context, rev int64) (*protocol.Delta, error) 
 // holds other content at the same revision (the syncer's content wins). It
 // reports whether it installed one.
 func (c *Client) fromSnapshot(ctx context.Context, g *goal) (bool, error) {
+	if err := c.establishTrust(ctx); err != nil {
+		return false, err
+	}
 	cur := c.snap.Load()
 	mctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
 	m, err := c.reader.Manifest(mctx)
@@ -460,6 +534,32 @@ func (c *Client) fromSnapshot(ctx context.Context, g *goal) (bool, error) {
 			slog.String("source", snap.Source()), slog.String("reason", g.reason))
 		return true, nil
 	}
+}
+
+// establishTrust, with no configured trusted keys, reads the public key record
+// the syncer stores with its streams and trusts that key from then on (trust on
+// first use). With trust established it does nothing.
+func (c *Client) establishTrust(ctx context.Context) error {
+	if c.reader.Trust != nil {
+		return nil
+	}
+	kctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+	t, err := c.reader.Key(kctx)
+	cancel()
+	if err != nil {
+		if errors.Is(err, protocol.ErrInvalid) {
+			err = fmt.Errorf("%w: %w", ErrRejected, err)
+			c.rejectStored(ctx, err)
+		}
+		if errors.Is(err, protocol.ErrNotFound) {
+			err = fmt.Errorf("no public key record on %s (is the syncer signing?)", c.names.KeySubject())
+		}
+		return fmt.Errorf("read the signing key: %w", err)
+	}
+	c.reader.Trust = t
+	c.trust.Store(t)
+	c.log.InfoContext(ctx, "client: trusting the registry's signing key (first use)", slog.Any("keys", t.Keys()))
+	return nil
 }
 
 // replaces reports whether a stored snapshot may replace cur.

@@ -43,6 +43,10 @@ type Config struct {
 	ChunkSize int
 	// Timeout of one JetStream request (default 5s).
 	Timeout time.Duration
+	// Signer signs every delta (stored and live), manifest and heartbeat, and its public
+	// key is stored as the key record (PROTOCOL.md §9). Routers refuse what is unsigned:
+	// nil publishes unsigned messages, for tests of exactly that (see also WithSigner).
+	Signer *protocol.Signer
 }
 
 // WithDefaults returns cfg with every zero field set to its default.
@@ -88,6 +92,69 @@ type Publisher struct {
 	read  *protocol.Reader
 	// fence, when set, is asked immediately before every write; its error stops the write.
 	fence func() error
+}
+
+// WithSigner returns a publisher on the same connection that signs with signer.
+func (p *Publisher) WithSigner(signer *protocol.Signer) *Publisher {
+	q := *p
+	q.cfg.Signer = signer
+	return &q
+}
+
+// Signer returns the signer in use (nil: messages go out unsigned).
+func (p *Publisher) Signer() *protocol.Signer { return p.cfg.Signer }
+
+func (p *Publisher) sign(kind string, m *nats.Msg) error {
+	if p.cfg.Signer == nil {
+		return nil
+	}
+	return p.cfg.Signer.Sign(kind, m)
+}
+
+// signedDelta is d's message on subject, signed.
+func (p *Publisher) signedDelta(d *protocol.Delta, subject string, data []byte) (*nats.Msg, error) {
+	m := d.Msg(subject, data)
+	if err := p.sign(protocol.KindDelta, m); err != nil {
+		return nil, fmt.Errorf("delta %d: %w", d.Revision, err)
+	}
+	return m, nil
+}
+
+// EnsureKey stores the signer's public key record unless the stream's newest one already
+// names it, and then drops older records. Without a signer it does nothing.
+func (p *Publisher) EnsureKey(ctx context.Context) error {
+	sg := p.cfg.Signer
+	if sg == nil {
+		return nil
+	}
+	subject := p.names.KeySubject()
+	st, err := p.read.Last(ctx, p.names.SnapshotStream, subject)
+	if err == nil && st.Header.Get(protocol.HeaderKey) == sg.PublicKey() {
+		if _, err := protocol.DecodeKeyRecord(st.Header, st.Data); err == nil {
+			return nil
+		}
+	}
+	if err != nil && !errors.Is(err, protocol.ErrNotFound) {
+		return fmt.Errorf("read the key record: %w", err)
+	}
+	m, err := sg.KeyMsg(subject)
+	if err != nil {
+		return err
+	}
+	if err := p.fenced("store the key record"); err != nil {
+		return err
+	}
+	if _, err := p.js.PublishMsg(ctx, m); err != nil {
+		return fmt.Errorf("store the key record: %w", err)
+	}
+	s, err := p.js.Stream(ctx, p.names.SnapshotStream)
+	if err == nil {
+		err = s.Purge(ctx, jetstream.WithPurgeSubject(subject), jetstream.WithPurgeKeep(1))
+	}
+	if err != nil {
+		return fmt.Errorf("purge old key records: %w", err)
+	}
+	return nil
 }
 
 // WithFence returns a publisher on the same connection that asks fence before every write
@@ -171,7 +238,7 @@ func (p *Publisher) EnsureStreams(ctx context.Context) error {
 			return fmt.Errorf("create stream %s: %w", sc.Name, err)
 		}
 	}
-	return nil
+	return p.EnsureKey(ctx)
 }
 
 // MaxDelta is the largest delta payload PublishDelta accepts on this connection.
@@ -211,7 +278,15 @@ func (p *Publisher) StoreDelta(ctx context.Context, d *protocol.Delta, data []by
 		return 0, err
 	}
 	subject := p.names.DeltaSubject(d.Revision)
-	ack, err := p.js.PublishMsg(ctx, d.Msg(subject, data),
+	stored, err := p.signedDelta(d, subject, data)
+	if err != nil {
+		return 0, err
+	}
+	live, err := p.signedDelta(d, p.names.Live(), data)
+	if err != nil {
+		return 0, err
+	}
+	ack, err := p.js.PublishMsg(ctx, stored,
 		jetstream.WithMsgID(p.names.MsgID(d.Revision)),
 		jetstream.WithExpectLastSequencePerSubject(0))
 	if err == nil && ack.Duplicate {
@@ -221,7 +296,8 @@ func (p *Publisher) StoreDelta(ctx context.Context, d *protocol.Delta, data []by
 		// window all the same. Then store it without the id: the expected last-subject
 		// sequence 0 still stores it at most once.
 		if _, rerr := p.read.Delta(ctx, d.Revision); errors.Is(rerr, protocol.ErrNotFound) {
-			ack, err = p.js.PublishMsg(ctx, d.Msg(subject, data), jetstream.WithExpectLastSequencePerSubject(0))
+			stored.Header.Del(jetstream.MsgIDHeader)
+			ack, err = p.js.PublishMsg(ctx, stored, jetstream.WithExpectLastSequencePerSubject(0))
 		}
 	}
 	var seq uint64
@@ -246,7 +322,7 @@ func (p *Publisher) StoreDelta(ctx context.Context, d *protocol.Delta, data []by
 	if err := p.fenced(fmt.Sprintf("announce delta %d", d.Revision)); err != nil {
 		return seq, err
 	}
-	if err := p.nc.PublishMsg(d.Msg(p.names.Live(), data)); err != nil {
+	if err := p.nc.PublishMsg(live); err != nil {
 		return seq, fmt.Errorf("announce delta %d: %w", d.Revision, err)
 	}
 	return seq, nil
@@ -258,10 +334,15 @@ func (p *Publisher) Heartbeat(hb *protocol.Heartbeat) error {
 	if err != nil {
 		return err
 	}
+	m := nats.NewMsg(p.names.Heartbeat())
+	m.Data = data
+	if err := p.sign(protocol.KindHeartbeat, m); err != nil {
+		return err
+	}
 	if err := p.fenced("heartbeat"); err != nil {
 		return err
 	}
-	return p.nc.Publish(p.names.Heartbeat(), data)
+	return p.nc.PublishMsg(m)
 }
 
 // LastDelta returns the newest stored delta, or nil when the stream holds none.
@@ -371,6 +452,13 @@ func (p *Publisher) WriteSnapshotFrom(ctx context.Context, snap *cache.Snapshot,
 	mm.Data = data
 	mm.Header.Set(protocol.HeaderRevision, strconv.FormatInt(man.Revision, 10))
 	mm.Header.Set(protocol.HeaderChecksum, man.Checksum)
+	if err := p.sign(protocol.KindManifest, mm); err != nil {
+		return nil, err
+	}
+	// The key record first: a stream with a size limit may have dropped it.
+	if err := p.EnsureKey(ctx); err != nil {
+		return nil, fmt.Errorf("write snapshot %d: %w", snap.Revision(), err)
+	}
 	if _, err := p.js.PublishMsg(ctx, mm); err != nil {
 		return nil, fmt.Errorf("write snapshot %d manifest: %w", snap.Revision(), err)
 	}
