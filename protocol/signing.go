@@ -131,11 +131,12 @@ func NewTrust(keys ...string) (*Trust, error) {
 			continue
 		}
 		if !nkeys.IsValidPublicUserKey(k) {
-			return nil, fmt.Errorf("trusted key %q: not a public NKey user key (U…, 56 characters)", k)
+			// Not quoted: it may be a seed, a secret.
+			return nil, fmt.Errorf("trusted key %d: not a public NKey user key (U…, 56 characters)", len(t.list)+1)
 		}
 		kp, err := nkeys.FromPublicKey(k)
 		if err != nil {
-			return nil, fmt.Errorf("trusted key %q: %w", k, err)
+			return nil, fmt.Errorf("trusted key %.8s…: %w", k, err)
 		}
 		if _, dup := t.keys[k]; !dup {
 			t.keys[k] = kp

@@ -63,11 +63,21 @@ type Querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
-// FromDatabase returns the registry's stored key, generating and storing one first when
-// there is none. Two syncers generating at once end with the one key that was inserted
-// first. The seed never appears in an error.
-func FromDatabase(ctx context.Context, db Querier) (*protocol.Signer, error) {
-	fresh, seed, err := protocol.GenerateSigner()
+// FromDatabase returns the registry's stored key, storing one first when there is none:
+// offer (a seed the caller already signs with, e.g. while it served fixtures), or else a
+// new one. Two syncers storing at once end with the one key that was inserted first. The
+// seed never appears in an error.
+func FromDatabase(ctx context.Context, db Querier, offer []byte) (*protocol.Signer, error) {
+	var (
+		fresh *protocol.Signer
+		seed  = offer
+		err   error
+	)
+	if seed == nil {
+		fresh, seed, err = protocol.GenerateSigner()
+	} else {
+		fresh, err = protocol.NewSigner(seed)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -46,6 +46,7 @@ func init() {
 		{"migrate", "[status]", "apply pending schema migrations (idempotent); status lists every migration", cmdMigrate},
 		{"fixtures", "import [DIR] | export DIR | verify [DIR]", "import fixture files into the database, export the database as fixture files, or verify that they match (exit 1 on differences)", cmdFixtures},
 		{"watch", "[--json] [--dump] [--once] [--timeout D]", "subscribe exactly like a router and print each applied revision (--json: one object per revision; --dump --once: print the current snapshot and exit)", cmdWatch},
+		{"keygen", "FILE", "write a new Ed25519 NKey signing seed to FILE (mode 0600; an existing file is never overwritten) and print its public key, for EXTENSION_REGISTRY_SIGNING_KEY and EXTENSION_REGISTRY_TRUSTED_KEYS", cmdKeygen},
 		{"dev", "[--dir DIR]", "everything on this machine: a private PostgreSQL, an embedded NATS with JetStream, migrations, the default fixtures and the syncer", cmdDev},
 		{"help", "", "show this help and the environment variables", cmdHelp},
 	}
