@@ -100,7 +100,7 @@ func cmdWatch(ctx context.Context, e *env, args []string) error {
 	// that what it prints is the current state, not the possibly older stored snapshot.
 	cl, err := client.New(nc, client.Config{Prefix: cfg.Publisher.Prefix, Logger: log, OnChange: print, WaitBootstrap: *dump,
 		TrustedKeys: cfg.TrustedKeys,
-		OnError: func(err error) { log.WarnContext(ctx, "watch: rejected a payload", "error", err) }})
+		OnError:     func(err error) { log.WarnContext(ctx, "watch: rejected a payload", "error", err) }})
 	if err != nil {
 		return err
 	}
