@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -51,9 +52,13 @@ func SignedBytes(kind string, payload []byte) []byte {
 }
 
 // Signer signs registry messages with one NKey user key pair (an Ed25519 key).
+//
+// The seed is parsed with nkeys, and the Ed25519 private key derived from it once: an
+// nkeys KeyPair derives it again on every Sign, which doubles the cost of signing each
+// delta. The signatures are the same (nkeys signs with crypto/ed25519 too).
 type Signer struct {
-	kp  nkeys.KeyPair
-	pub string
+	priv ed25519.PrivateKey
+	pub  string
 }
 
 // NewSigner checks that seed is an NKey user seed (SU…) and returns its signer. The seed
@@ -63,16 +68,18 @@ func NewSigner(seed []byte) (*Signer, error) {
 	if err != nil {
 		return nil, errors.New("not an NKey seed")
 	}
-	prefix, _, err := nkeys.DecodeSeed(seed)
-	if err != nil || prefix != nkeys.PrefixByteUser {
-		kp.Wipe()
+	defer kp.Wipe()
+	prefix, raw, err := nkeys.DecodeSeed(seed)
+	if err != nil || prefix != nkeys.PrefixByteUser || len(raw) != ed25519.SeedSize {
 		return nil, errors.New("not an NKey user seed (SU…)")
 	}
 	pub, err := kp.PublicKey()
 	if err != nil {
 		return nil, fmt.Errorf("public key: %w", err)
 	}
-	return &Signer{kp: kp, pub: pub}, nil
+	priv := ed25519.NewKeyFromSeed(raw)
+	clear(raw)
+	return &Signer{priv: priv, pub: pub}, nil
 }
 
 // GenerateSigner creates a signer with a new random key pair and returns it with its seed.
@@ -94,10 +101,7 @@ func (s *Signer) PublicKey() string { return s.pub }
 
 // Signature signs kind and payload and returns the base64url signature.
 func (s *Signer) Signature(kind string, payload []byte) (string, error) {
-	sig, err := s.kp.Sign(SignedBytes(kind, payload))
-	if err != nil {
-		return "", fmt.Errorf("sign %s: %w", kind, err)
-	}
+	sig := ed25519.Sign(s.priv, SignedBytes(kind, payload))
 	return base64.RawURLEncoding.EncodeToString(sig), nil
 }
 
@@ -107,12 +111,18 @@ func (s *Signer) Sign(kind string, m *nats.Msg) error {
 	if err != nil {
 		return err
 	}
+	s.SetSignature(m, sig)
+	return nil
+}
+
+// SetSignature sets the key header and sig (from Signature, for m's payload) on m: one
+// signature serves the stored and the live copy of a delta.
+func (s *Signer) SetSignature(m *nats.Msg, sig string) {
 	if m.Header == nil {
 		m.Header = nats.Header{}
 	}
 	m.Header.Set(HeaderKey, s.pub)
 	m.Header.Set(HeaderSignature, sig)
-	return nil
 }
 
 // Trust is a set of trusted public keys (two during a rotation). A nil *Trust verifies

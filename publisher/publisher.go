@@ -111,13 +111,18 @@ func (p *Publisher) sign(kind string, m *nats.Msg) error {
 	return p.cfg.Signer.Sign(kind, m)
 }
 
-// signedDelta is d's message on subject, signed.
-func (p *Publisher) signedDelta(d *protocol.Delta, subject string, data []byte) (*nats.Msg, error) {
-	m := d.Msg(subject, data)
-	if err := p.sign(protocol.KindDelta, m); err != nil {
-		return nil, fmt.Errorf("delta %d: %w", d.Revision, err)
+// signedDeltas are d's stored and live messages, with one signature.
+func (p *Publisher) signedDeltas(d *protocol.Delta, data []byte) (stored, live *nats.Msg, err error) {
+	stored, live = d.Msg(p.names.DeltaSubject(d.Revision), data), d.Msg(p.names.Live(), data)
+	if sg := p.cfg.Signer; sg != nil {
+		sig, err := sg.Signature(protocol.KindDelta, data)
+		if err != nil {
+			return nil, nil, fmt.Errorf("delta %d: %w", d.Revision, err)
+		}
+		sg.SetSignature(stored, sig)
+		sg.SetSignature(live, sig)
 	}
-	return m, nil
+	return stored, live, nil
 }
 
 // EnsureKey stores the signer's public key record unless the stream's newest one already
@@ -277,12 +282,7 @@ func (p *Publisher) StoreDelta(ctx context.Context, d *protocol.Delta, data []by
 	if err := p.fenced(fmt.Sprintf("publish delta %d", d.Revision)); err != nil {
 		return 0, err
 	}
-	subject := p.names.DeltaSubject(d.Revision)
-	stored, err := p.signedDelta(d, subject, data)
-	if err != nil {
-		return 0, err
-	}
-	live, err := p.signedDelta(d, p.names.Live(), data)
+	stored, live, err := p.signedDeltas(d, data)
 	if err != nil {
 		return 0, err
 	}
