@@ -39,6 +39,8 @@ type loopState struct {
 	badSnapshot string // manifest of the last snapshot rejected, not read again
 	badStored   string // last stored payload rejected, not reported again
 	readyClosed bool
+	tokens      float64   // resync tokens left (see resyncBurst)
+	tokensAt    time.Time // when tokens was last refilled
 }
 
 const (
@@ -50,11 +52,12 @@ const (
 	// snapshotMovedRetries bounds immediate rereads when the snapshot is
 	// replaced while being read.
 	snapshotMovedRetries = 3
-	// quietReset is how long without a resync attempt resets the backoff: a
-	// stream of reasons to resync (whatever arrives) never makes attempts more
-	// frequent than the backoff allows, and a goal dropped or reached does not
-	// reset it.
-	quietReset = 2 * backoffMax
+	// New goals are rate limited by a token bucket: up to resyncBurst start at
+	// once, then one per resyncEvery. Whatever arrives (rejected payloads,
+	// heartbeats alternating "ahead" and "confirm"), resync reads stay bounded;
+	// reaching or dropping a goal returns no token.
+	resyncBurst = 5
+	resyncEvery = 200 * time.Millisecond
 	// goalTimeout is how long a goal that neither the stored deltas nor the
 	// stored snapshot can reach is chased: a revision announced but absent from
 	// the streams is given up, and the client goes on following the live
@@ -202,8 +205,9 @@ func (c *Client) handleHeartbeat(ctx context.Context, m *nats.Msg) {
 	case h.Checksum != "" && h.Checksum != cur.Checksum():
 		c.want(ctx, goal{target: h.Revision, checksum: h.Checksum, hard: true, reason: "drift"})
 	default:
-		// The syncer confirms the served state (the backoff is kept: confirmations
-		// alternating with news of a gap do not make resyncs more frequent).
+		// The syncer confirms the served state (no resync token is returned:
+		// confirmations alternating with news of a gap do not make resyncs more
+		// frequent).
 		if n := c.loop.need; n != nil && !n.probe && !c.isFallback(cur) {
 			c.log.InfoContext(ctx, "client: heartbeat confirms the served revision; resync abandoned",
 				slog.Int64("revision", cur.Revision()), slog.Int64("target", n.target), slog.String("reason", n.reason))
@@ -245,19 +249,29 @@ func (c *Client) want(ctx context.Context, g goal) {
 	c.loop.need = &g
 	c.log.InfoContext(ctx, "client: resyncing", slog.String("reason", g.reason),
 		slog.Int64("revision", c.Revision()), slog.Int64("target", g.target))
-	// Rate limit: the first attempt of a new goal comes at once only after a
-	// quiet period; otherwise it waits its turn in the backoff.
-	since := time.Since(c.loop.lastAttempt)
-	if c.loop.lastAttempt.IsZero() || since >= quietReset {
-		c.loop.attempt = 0
-		c.resync(ctx)
-		return
-	}
-	if wait := backoff(c.loop.attempt) - since; wait > 0 {
+	c.loop.attempt = 0
+	if wait := c.takeToken(); wait > 0 {
 		c.schedule(wait)
 		return
 	}
 	c.resync(ctx)
+}
+
+// takeToken takes a resync token and returns how long to wait before the
+// goal's first attempt (0: at once).
+func (c *Client) takeToken() time.Duration {
+	now := time.Now()
+	if c.loop.tokensAt.IsZero() {
+		c.loop.tokens = resyncBurst
+	} else {
+		c.loop.tokens = min(resyncBurst, c.loop.tokens+float64(now.Sub(c.loop.tokensAt))/float64(resyncEvery))
+	}
+	c.loop.tokensAt = now
+	c.loop.tokens--
+	if c.loop.tokens >= 0 {
+		return 0
+	}
+	return time.Duration(-c.loop.tokens * float64(resyncEvery))
 }
 
 // reached drops the pending goal.
