@@ -139,9 +139,13 @@ func (c *Client) verifyLive(ctx context.Context, kind string, m *nats.Msg) (hand
 
 // handleDelta processes one message from the live subject.
 func (c *Client) handleDelta(ctx context.Context, m *nats.Msg) {
-	if !c.verifyLive(ctx, protocol.KindDelta, m) {
-		return
+	if c.verifyLive(ctx, protocol.KindDelta, m) {
+		c.handleVerifiedDelta(ctx, m)
 	}
+}
+
+// handleVerifiedDelta processes a live message whose signature verified.
+func (c *Client) handleVerifiedDelta(ctx context.Context, m *nats.Msg) {
 	d, err := protocol.DeltaFromMsg(m)
 	if err != nil {
 		c.reject(ctx, fmt.Errorf("%w: live message: %w", ErrRejected, err))
