@@ -22,6 +22,18 @@
 // snapshot stays, Config.OnError hears of it and the client resyncs. Everything
 // is read with JetStream direct gets: the client never creates a consumer.
 //
+// # Signatures
+//
+// Every delta, heartbeat and manifest must carry a valid Ed25519 signature by
+// a trusted key (PROTOCOL.md §9): Config.TrustedKeys, or, when none are
+// configured, the key of the record the syncer stores with its streams, read
+// and trusted at the first bootstrap. Nothing unsigned or signed by another
+// key is applied or acted upon; it is rejected like any unverifiable payload.
+// Whatever arrives, the client keeps following the registry: live deltas that
+// extend the served revision apply even while a resync is pending, new
+// resyncs are rate limited, and a target the streams do not hold is given up
+// after 30 s.
+//
 // # Reads
 //
 // Lookup, ByType, Snapshot, Revision and Ready read one atomic pointer: they

@@ -63,11 +63,11 @@ type Querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
-// FromDatabase returns the registry's stored key, storing one first when there is none:
-// offer (a seed the caller already signs with, e.g. while it served fixtures), or else a
-// new one. Two syncers storing at once end with the one key that was inserted first. The
-// seed never appears in an error.
-func FromDatabase(ctx context.Context, db Querier, offer []byte) (*protocol.Signer, error) {
+// FromDatabase returns the registry's stored key and its seed, storing one first when
+// there is none: offer (a seed the caller already signs with: while it served fixtures,
+// or before the database was re-created), or else a new one. Two syncers storing at once
+// end with the one key that was inserted first. The seed never appears in an error.
+func FromDatabase(ctx context.Context, db Querier, offer []byte) (*protocol.Signer, []byte, error) {
 	var (
 		fresh *protocol.Signer
 		seed  = offer
@@ -79,22 +79,22 @@ func FromDatabase(ctx context.Context, db Querier, offer []byte) (*protocol.Sign
 		fresh, err = protocol.NewSigner(seed)
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if _, err := db.Exec(ctx, `INSERT INTO registry_signing_key (seed, public_key) VALUES ($1, $2)
 		ON CONFLICT (singleton) DO NOTHING`, string(seed), fresh.PublicKey()); err != nil {
-		return nil, fmt.Errorf("store the generated signing key in registry_signing_key (does the syncer's role have INSERT on it? see migrations/00004_signing_key.sql): %w", err)
+		return nil, nil, fmt.Errorf("store the generated signing key in registry_signing_key (does the syncer's role have INSERT on it? see migrations/00004_signing_key.sql): %w", err)
 	}
 	var stored, pub string
 	if err := db.QueryRow(ctx, `SELECT seed, public_key FROM registry_signing_key`).Scan(&stored, &pub); err != nil {
-		return nil, fmt.Errorf("read the signing key from registry_signing_key: %w", err)
+		return nil, nil, fmt.Errorf("read the signing key from registry_signing_key: %w", err)
 	}
 	s, err := protocol.NewSigner([]byte(stored))
 	if err != nil {
-		return nil, fmt.Errorf("registry_signing_key: %w", err)
+		return nil, nil, fmt.Errorf("registry_signing_key: %w", err)
 	}
 	if s.PublicKey() != pub {
-		return nil, fmt.Errorf("registry_signing_key: the seed's public key is %s, the row says %s", s.PublicKey(), pub)
+		return nil, nil, fmt.Errorf("registry_signing_key: the seed's public key is %s, the row says %s", s.PublicKey(), pub)
 	}
-	return s, nil
+	return s, []byte(stored), nil
 }

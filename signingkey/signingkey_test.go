@@ -78,7 +78,7 @@ func TestFromDatabaseOneKey(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
-			s, err := signingkey.FromDatabase(ctx, schema.Pool, nil)
+			s, _, err := signingkey.FromDatabase(ctx, schema.Pool, nil)
 			errs[i] = err
 			if s != nil {
 				keys[i] = s.PublicKey()
@@ -91,7 +91,7 @@ func TestFromDatabaseOneKey(t *testing.T) {
 			t.Fatalf("syncer %d: key %s, error %v; syncer 0: %s", i, keys[i], errs[i], keys[0])
 		}
 	}
-	again, err := signingkey.FromDatabase(ctx, schema.Pool, nil)
+	again, _, err := signingkey.FromDatabase(ctx, schema.Pool, nil)
 	if err != nil || again.PublicKey() != keys[0] {
 		t.Fatalf("later start: %v %v", again, err)
 	}

@@ -61,10 +61,9 @@ type Syncer struct {
 	nc      *nats.Conn
 	pub     *publisher.Publisher
 	// keyConfigured: pubCfg.Signer was given (EXTENSION_REGISTRY_SIGNING_KEY); otherwise
-	// useKey sets pub's signer from the database (or, without one, a key of this
-	// process, whose seed is keySeed). Both are owned by the Run goroutine.
+	// useKey sets pub's signer at every term from the database (or, without one, a key of
+	// this process); keySeed is the seed signed with so far. Owned by the Run goroutine.
 	keyConfigured bool
-	keyFromDB     bool
 	keySeed       []byte
 
 	poolOnce sync.Once
@@ -269,9 +268,10 @@ func backoff(attempt int) time.Duration {
 // useKey gives the publisher its signing key before a term starts, unless one was
 // configured: the registry's key from the database (pool), generated and stored there by
 // the first syncer that needs one; without a database (fixtures), a key generated for this
-// process, which is offered to the database once it answers (source auto).
+// process. The key signed with so far is offered to the database, so that it stays the
+// registry's key when the database had none (source auto, a re-created database).
 func (s *Syncer) useKey(ctx context.Context, pool *pgxpool.Pool) error {
-	if s.keyConfigured || s.keyFromDB || (pool == nil && s.pub.Signer() != nil) {
+	if s.keyConfigured || (pool == nil && s.pub.Signer() != nil) {
 		return nil
 	}
 	var signer *protocol.Signer
@@ -285,12 +285,18 @@ func (s *Syncer) useKey(ctx context.Context, pool *pgxpool.Pool) error {
 			"public_key", signer.PublicKey())
 	} else {
 		kctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		signer, err = signingkey.FromDatabase(kctx, pool, s.keySeed)
+		signer, s.keySeed, err = signingkey.FromDatabase(kctx, pool, s.keySeed)
 		cancel()
 		if err != nil {
 			return err
 		}
-		s.keyFromDB, s.keySeed = true, nil
+		if cur := s.pub.Signer(); cur != nil {
+			if cur.PublicKey() == signer.PublicKey() {
+				return nil
+			}
+			s.log.WarnContext(ctx, "syncer: the database holds another signing key than the one signed with so far; routers that trust only the old key refuse what follows",
+				"old_public_key", cur.PublicKey(), "public_key", signer.PublicKey())
+		}
 		s.log.InfoContext(ctx, "syncer: signing with the registry's key from the database", "public_key", signer.PublicKey())
 	}
 	s.pub = s.pub.WithSigner(signer)
