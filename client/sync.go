@@ -41,6 +41,10 @@ type loopState struct {
 	readyClosed bool
 	tokens      float64   // resync tokens left (see resyncBurst)
 	tokensAt    time.Time // when tokens was last refilled
+	// rejectLogged is when a rejection was last logged; rejectQuiet counts those
+	// not logged since.
+	rejectLogged time.Time
+	rejectQuiet  int
 }
 
 const (
@@ -63,6 +67,9 @@ const (
 	// the streams is given up, and the client goes on following the live
 	// subject (the next announcement or heartbeat sets a new goal).
 	goalTimeout = 30 * time.Second
+	// rejectLogEvery bounds how often a rejection is logged (each one is still
+	// counted and passed to Config.OnError).
+	rejectLogEvery = time.Second
 )
 
 var (
@@ -642,10 +649,17 @@ func (c *Client) useFallback(ctx context.Context) {
 }
 
 // reject counts and reports a refused payload.
+// Rejections are logged at most once per rejectLogEvery (a flood of forged
+// messages must not flood the logs); the others are counted in the next line.
 func (c *Client) reject(ctx context.Context, err error) {
 	c.rejections.Add(1)
-	c.log.WarnContext(ctx, "client: payload rejected; keeping the last good snapshot", slog.Any("error", err),
-		slog.Int64("revision", c.Revision()))
+	if now := time.Now(); now.Sub(c.loop.rejectLogged) >= rejectLogEvery {
+		c.log.WarnContext(ctx, "client: payload rejected; keeping the last good snapshot", slog.Any("error", err),
+			slog.Int64("revision", c.Revision()), slog.Int("not_logged_before", c.loop.rejectQuiet))
+		c.loop.rejectLogged, c.loop.rejectQuiet = now, 0
+	} else {
+		c.loop.rejectQuiet++
+	}
 	if c.cfg.OnError != nil {
 		c.cfg.OnError(err)
 	}
