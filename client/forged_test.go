@@ -68,11 +68,12 @@ func nextRealRevision(t *testing.T, c *testClient, src *source, within time.Dura
 	return time.Since(start)
 }
 
-// waitRejections waits until the client has rejected n payloads.
+// waitRejections waits until the client has rejected n payloads and OnError
+// has heard of each (the counter goes up first).
 func waitRejections(t *testing.T, c *testClient, n uint64, within time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(within)
-	for c.rejections.Load() < n {
+	for c.rejections.Load() < n || uint64(len(c.Errors())) < n {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d rejections after %s, want %d (serving revision %d)", c.rejections.Load(), within, n, c.Revision())
 		}
