@@ -285,11 +285,13 @@ func (s *Syncer) useKey(ctx context.Context, pool *pgxpool.Pool) error {
 			"public_key", signer.PublicKey())
 	} else {
 		kctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		signer, s.keySeed, err = signingkey.FromDatabase(kctx, pool, s.keySeed)
+		var seed []byte
+		signer, seed, err = signingkey.FromDatabase(kctx, pool, s.keySeed)
 		cancel()
 		if err != nil {
-			return err
+			return err // keySeed stays: it is offered again at the next term
 		}
+		s.keySeed = seed
 		if cur := s.pub.Signer(); cur != nil {
 			if cur.PublicKey() == signer.PublicKey() {
 				return nil
