@@ -185,6 +185,9 @@ type Client struct {
 	// testBeforeBootstrap, when set by a test, runs after the subscriptions are
 	// active and before the first snapshot read.
 	testBeforeBootstrap func()
+	// goalTimeout is how long an unreachable resync target is chased
+	// (defaultGoalTimeout; tests shorten it before Start).
+	goalTimeout time.Duration
 }
 
 const (
@@ -215,6 +218,8 @@ func New(nc *nats.Conn, cfg Config) (*Client, error) {
 		reader:  &protocol.Reader{NC: nc, Names: names},
 		ready:   make(chan struct{}),
 		stopped: make(chan struct{}),
+
+		goalTimeout: defaultGoalTimeout,
 	}
 	if len(cfg.TrustedKeys) > 0 {
 		t, err := protocol.NewTrust(cfg.TrustedKeys...)

@@ -300,3 +300,38 @@ func TestForgedAndGarbageAtExtremes(t *testing.T) {
 	waitSame(t, c, src)
 	notForged(t, c)
 }
+
+// A revision announced (signed) but absent from the streams is not chased for
+// ever: once the goal times out, the client stops reading the streams for it.
+func TestAbsentRevisionGivenUp(t *testing.T) {
+	t.Parallel()
+	srv := harness.NewNATS(t, harness.NATSOptions{})
+	src := newSource(t, srv, 10, "")
+	c := newClient(t, srv.Connect(t), Config{WaitBootstrap: true})
+	c.goalTimeout = 500 * time.Millisecond
+	if err := c.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	gets := directGets(t, srv)
+	cur := c.Revision()
+	start := time.Now()
+	src.sendHeartbeat(&protocol.Heartbeat{Revision: cur + 500, Checksum: otherChecksum("absent"), Source: "database",
+		Time: time.Now(), IntervalMS: 1000, Syncer: "replayed"}, src.signer)
+	// Chased for about goalTimeout, then given up: the reads stop.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		before := gets.Load()
+		quiet := time.Now().Add(2 * backoffMax)
+		for time.Now().Before(quiet) && gets.Load() == before {
+			time.Sleep(10 * time.Millisecond) // a "nothing else happens" check, bounded
+		}
+		if gets.Load() == before && before > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("still reading the streams %s after an absent revision was announced (%d direct gets)", time.Since(start), gets.Load())
+		}
+	}
+	t.Logf("the absent revision %d was chased with %d direct gets, then given up (quiet by %s)", cur+500, gets.Load(), time.Since(start).Round(time.Millisecond))
+	t.Logf("real revision applied after %s", nextRealRevision(t, c, src, promptly))
+}

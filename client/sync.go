@@ -62,11 +62,11 @@ const (
 	// reaching or dropping a goal returns no token.
 	resyncBurst = 5
 	resyncEvery = 200 * time.Millisecond
-	// goalTimeout is how long a goal that neither the stored deltas nor the
-	// stored snapshot can reach is chased: a revision announced but absent from
-	// the streams is given up, and the client goes on following the live
+	// defaultGoalTimeout is how long a goal that neither the stored deltas nor
+	// the stored snapshot can reach is chased: a revision announced but absent
+	// from the streams is given up, and the client goes on following the live
 	// subject (the next announcement or heartbeat sets a new goal).
-	goalTimeout = 30 * time.Second
+	defaultGoalTimeout = 30 * time.Second
 	// rejectLogEvery bounds how often a rejection is logged (each one is still
 	// counted and passed to Config.OnError).
 	rejectLogEvery = time.Second
@@ -332,7 +332,7 @@ func (c *Client) resync(ctx context.Context) {
 		c.reached(ctx)
 		return
 	}
-	if c.base() != nil && time.Since(g.since) > goalTimeout && (errors.Is(err, errMissing) || errors.Is(err, errBehind)) {
+	if c.base() != nil && time.Since(g.since) > c.goalTimeout && (errors.Is(err, errMissing) || errors.Is(err, errBehind)) {
 		// Neither the stored deltas nor the stored snapshot reach the target: it
 		// was announced but is not in the streams. Give it up and keep following.
 		c.log.WarnContext(ctx, "client: giving up a resync target the streams do not hold",
