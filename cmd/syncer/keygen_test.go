@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/nats-io/nkeys"
+
+	"github.com/beamline/registry-syncer/test/harness"
 )
 
 func TestKeygen(t *testing.T) {
@@ -83,5 +85,67 @@ func TestSigningConfigErrors(t *testing.T) {
 		if tt.secret != "" && strings.Contains(err.Error(), tt.secret) {
 			t.Errorf("the error shows the seed: %v", err)
 		}
+	}
+}
+
+// TestRunWithSigningKeyFile: the daemon signs with the configured seed (never logged,
+// never stored in the database); syncer watch bootstraps trusting that key, or on first
+// use, and refuses a registry signed by another key.
+func TestRunWithSigningKeyFile(t *testing.T) {
+	t.Parallel()
+	schema := harness.PG(t).NewSchema(t)
+	srv := harness.NewNATS(t, harness.NATSOptions{})
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "signing.nk")
+	r := runCLI(t, context.Background(), envMap{}, "keygen", keyFile)
+	pub := strings.TrimSpace(r.stdout)
+	seed, err := os.ReadFile(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := envMap{
+		"EXTENSION_REGISTRY_DATABASE_URL":       schema.URL,
+		"EXTENSION_REGISTRY_NATS_URL":           srv.URL(),
+		"EXTENSION_REGISTRY_HTTP_ADDR":          "127.0.0.1:0",
+		"EXTENSION_REGISTRY_SUBJECT_PREFIX":     "test.signed",
+		"EXTENSION_REGISTRY_HEARTBEAT_INTERVAL": "100ms",
+		"EXTENSION_REGISTRY_SNAPSHOT_INTERVAL":  "20ms",
+		"EXTENSION_REGISTRY_LEADER_RETRY":       "50ms",
+		"EXTENSION_REGISTRY_LOG_FORMAT":         "json",
+		"EXTENSION_REGISTRY_LOG_LEVEL":          "debug",
+		"EXTENSION_REGISTRY_SIGNING_KEY":        keyFile,
+	}
+	d := startDaemon(t, "signed", env)
+	waitReady(t, d.base)
+
+	watch := func(trusted string) result {
+		t.Helper()
+		e := envMap{"EXTENSION_REGISTRY_NATS_URL": srv.URL(), "EXTENSION_REGISTRY_SUBJECT_PREFIX": "test.signed"}
+		if trusted != "" {
+			e["EXTENSION_REGISTRY_TRUSTED_KEYS"] = trusted
+		}
+		return runCLI(t, context.Background(), e, "watch", "--dump", "--once", "--timeout", "3s")
+	}
+	other, _ := nkeys.CreateUser()
+	otherPub, _ := other.PublicKey()
+	if r := watch(pub); r.code != exitOK || !strings.Contains(r.stdout, `"revision"`) {
+		t.Errorf("watch trusting the configured key: exit %d", r.code)
+	}
+	if r := watch(otherPub + "," + pub); r.code != exitOK {
+		t.Errorf("watch trusting two keys (a rotation): exit %d", r.code)
+	}
+	if r := watch(""); r.code != exitOK {
+		t.Errorf("watch trusting on first use: exit %d", r.code)
+	}
+	if r := watch(otherPub); r.code != exitError || !strings.Contains(r.stderr, "untrusted key") {
+		t.Errorf("watch trusting another key: exit %d, stderr lacks the rejection", r.code)
+	}
+	var rows int
+	if err := schema.Pool.QueryRow(context.Background(), `SELECT count(*) FROM registry_signing_key`).Scan(&rows); err != nil || rows != 0 {
+		t.Errorf("%d keys stored in the database with a key file configured: %v", rows, err)
+	}
+	_, log := d.stop(t)
+	if strings.Contains(log, strings.TrimSpace(string(seed))) {
+		t.Error("the daemon logged its seed")
 	}
 }
