@@ -22,6 +22,18 @@
 // snapshot stays, Config.OnError hears of it and the client resyncs. Everything
 // is read with JetStream direct gets: the client never creates a consumer.
 //
+// # Signatures
+//
+// Every delta, heartbeat and manifest must carry a valid Ed25519 signature by
+// a trusted key (PROTOCOL.md §9): Config.TrustedKeys, or, when none are
+// configured, the key of the record the syncer stores with its streams, read
+// and trusted at the first bootstrap. Nothing unsigned or signed by another
+// key is applied or acted upon; it is rejected like any unverifiable payload.
+// Whatever arrives, the client keeps following the registry: live deltas that
+// extend the served revision apply even while a resync is pending, new
+// resyncs are rate limited, and a target the streams do not hold is given up
+// after 30 s.
+//
 // # Reads
 //
 // Lookup, ByType, Snapshot, Revision and Ready read one atomic pointer: they
@@ -93,6 +105,13 @@ type Config struct {
 	// stream.
 	BufferSize int
 
+	// TrustedKeys are the public NKeys (U…) whose signatures the client accepts on
+	// deltas, manifests and heartbeats (two during a key rotation; PROTOCOL.md §9).
+	// Empty: the client trusts the public key record the syncer stores with its streams
+	// when it first bootstraps (trust on first use) and, from then on, only that key.
+	// Whatever is configured, nothing unsigned or signed by another key is applied.
+	TrustedKeys []string
+
 	// WaitBootstrap makes Start block until a first snapshot (or the Fallback)
 	// is installed. By default Start returns at once and bootstraps in the
 	// background, Ready reporting false meanwhile.
@@ -155,6 +174,11 @@ func (c Config) validate() error {
 	if c.BufferSize < 1 {
 		errs = append(errs, fmt.Errorf("client: Config.BufferSize must be positive (got %d)", c.BufferSize))
 	}
+	if len(c.TrustedKeys) > 0 {
+		if _, err := protocol.NewTrust(c.TrustedKeys...); err != nil {
+			errs = append(errs, fmt.Errorf("client: Config.TrustedKeys: %w", err))
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -165,7 +189,8 @@ type Client struct {
 	cfg    Config
 	log    *slog.Logger
 	names  protocol.Names
-	reader *protocol.Reader
+	reader *protocol.Reader // its Trust is set once (configured, or on first bootstrap) by the run goroutine
+	trust  atomic.Pointer[protocol.Trust]
 
 	snap        atomic.Pointer[cache.Snapshot]
 	fallback    atomic.Pointer[cache.Snapshot] // the installed Fallback snapshot, if any
@@ -193,6 +218,9 @@ type Client struct {
 	// testBeforeBootstrap, when set by a test, runs after the subscriptions are
 	// active and before the first snapshot read.
 	testBeforeBootstrap func()
+	// goalTimeout is how long an unreachable resync target is chased
+	// (defaultGoalTimeout; tests shorten it before Start).
+	goalTimeout time.Duration
 }
 
 const (
@@ -223,6 +251,16 @@ func New(nc *nats.Conn, cfg Config) (*Client, error) {
 		reader:  &protocol.Reader{NC: nc, Names: names},
 		ready:   make(chan struct{}),
 		stopped: make(chan struct{}),
+
+		goalTimeout: defaultGoalTimeout,
+	}
+	if len(cfg.TrustedKeys) > 0 {
+		t, err := protocol.NewTrust(cfg.TrustedKeys...)
+		if err != nil {
+			return nil, fmt.Errorf("client: Config.TrustedKeys: %w", err)
+		}
+		c.reader.Trust = t
+		c.trust.Store(t)
 	}
 	c.metrics = newCollector(c)
 	c.report = newReporter()
@@ -405,6 +443,15 @@ func (c *Client) LastHeard() time.Time {
 // register several clients in one registry, wrap the registerer with a
 // distinguishing label (prometheus.WrapRegistererWith).
 func (c *Client) Collector() prometheus.Collector { return c.metrics }
+
+// TrustedKeys returns the public keys whose signatures the client accepts: the
+// configured ones, or the key it trusted on first bootstrap (nil before that).
+func (c *Client) TrustedKeys() []string {
+	if t := c.trust.Load(); t != nil {
+		return t.Keys()
+	}
+	return nil
+}
 
 func (c *Client) isFallback(s *cache.Snapshot) bool {
 	return s != nil && s == c.fallback.Load()

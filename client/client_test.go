@@ -443,11 +443,8 @@ func writeRawSnapshot(t *testing.T, src *source, rev int64, sum string, doc []by
 	if err != nil {
 		t.Fatal(err)
 	}
-	man, _ := json.Marshal(&protocol.Manifest{Revision: rev, Checksum: sum, Source: protocol.SourceDatabase, Count: 10,
+	src.storeManifest(&protocol.Manifest{Revision: rev, Checksum: sum, Source: protocol.SourceDatabase, Count: 10,
 		Size: len(doc), Sequences: []uint64{ack.Sequence}, CreatedAt: time.Now()})
-	if _, err := src.js.Publish(context.Background(), n.Manifest(), man); err != nil {
-		t.Fatal(err)
-	}
 }
 
 func otherChecksum(s string) string {
@@ -548,15 +545,9 @@ func TestManifestWithImpossibleSizeRejected(t *testing.T) {
 	c := startClient(t, srv.Connect(t), Config{WaitBootstrap: true})
 	good := c.Snapshot()
 
-	man, _ := json.Marshal(&protocol.Manifest{Revision: 7, Checksum: otherChecksum("x"), Source: protocol.SourceDatabase,
+	src.storeManifest(&protocol.Manifest{Revision: 7, Checksum: otherChecksum("x"), Source: protocol.SourceDatabase,
 		Count: 10, Size: 1 << 62, Sequences: []uint64{1}, CreatedAt: time.Now()})
-	if _, err := src.js.Publish(context.Background(), src.names().Manifest(), man); err != nil {
-		t.Fatal(err)
-	}
-	hb, _ := json.Marshal(&protocol.Heartbeat{Revision: 7, Checksum: otherChecksum("x"), Source: "database", Time: time.Now(), IntervalMS: 1000})
-	if err := src.nc.Publish(src.names().Heartbeat(), hb); err != nil {
-		t.Fatal(err)
-	}
+	src.sendHeartbeat(&protocol.Heartbeat{Revision: 7, Checksum: otherChecksum("x"), Source: "database", Time: time.Now(), IntervalMS: 1000}, src.signer)
 	waitFor(t, "the rejection", func() bool { return c.rejections.Load() == 1 && len(c.Errors()) == 1 })
 	if c.Snapshot() != good || !errors.Is(c.Errors()[0], protocol.ErrInvalid) {
 		t.Fatalf("snapshot replaced, or error %v", c.Errors())
@@ -984,11 +975,8 @@ func TestHeartbeatBehindOrEqualIgnored(t *testing.T) {
 		{Revision: 1, Checksum: otherChecksum("old"), Source: "database", Time: time.Now(), IntervalMS: 1000},
 		{Revision: 2, Checksum: src.state().Checksum(), Source: "database", Time: time.Now(), IntervalMS: 1000},
 	} {
-		hb, _ := json.Marshal(&h)
 		before := c.LastHeard()
-		if err := src.nc.Publish(src.names().Heartbeat(), hb); err != nil {
-			t.Fatal(err)
-		}
+		src.sendHeartbeat(&h, src.signer)
 		waitFor(t, "the heartbeat", func() bool { return c.LastHeard().After(before) })
 	}
 	if c.resyncs.Load() != 0 || len(c.Events()) != 2 {

@@ -46,8 +46,8 @@ func emptySchema(t *testing.T, name string) string {
 	return pg.URL("postgres", name)
 }
 
-// allVersions are the migrations a new schema gets.
-var allVersions = append([]int64{1, migrations.TriggersVersion, 3, migrations.ChannelVersion}, migrations.TriggersReinstalled...)
+// allVersions are the migrations a new schema gets, in order.
+var allVersions = append([]int64{1, migrations.TriggersVersion, 3, migrations.ChannelVersion, 6}, migrations.TriggersReinstalled...)
 
 func versions(states []migrations.State) []int64 {
 	var v []int64
@@ -140,7 +140,7 @@ func TestConcurrentUp(t *testing.T) {
 	counts := []int{len(results[0]), len(results[1])}
 	sort.Ints(counts)
 	if counts[0] != 0 || counts[1] != len(allVersions) {
-		t.Fatalf("racing Ups applied %v and %v, want one to apply both and the other nothing",
+		t.Fatalf("racing Ups applied %v and %v, want one to apply all and the other nothing",
 			versions(results[0]), versions(results[1]))
 	}
 	if len(results[2]) != len(allVersions) {

@@ -133,6 +133,9 @@ func (n Names) ChunkSubject(rev int64) string {
 // ChunkSubjects matches every snapshot chunk.
 func (n Names) ChunkSubjects() string { return n.Prefix + ".snapshot.data.>" }
 
+// KeySubject holds the public key record (KeyRecord) in the snapshot stream.
+func (n Names) KeySubject() string { return n.Prefix + ".snapshot.key" }
+
 // SnapshotSubjects is the snapshot stream's subject filter.
 func (n Names) SnapshotSubjects() string { return n.Prefix + ".snapshot.>" }
 

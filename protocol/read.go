@@ -26,6 +26,9 @@ var ErrNoStream = errors.New("registry stream not available")
 type Reader struct {
 	NC    *nats.Conn
 	Names Names
+	// Trust, when set, is what stored deltas and manifests must be signed by (§10); nil
+	// verifies no signature (the syncer reading its own streams).
+	Trust *Trust
 }
 
 // Stored is one message read back from a stream.
@@ -77,6 +80,9 @@ func (r *Reader) Delta(ctx context.Context, rev int64) (*Delta, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := r.Trust.Verify(KindDelta, st.Header, st.Data); err != nil {
+		return nil, fmt.Errorf("stored delta %d: %w", rev, err)
+	}
 	d, err := r.Names.DeltaFromStored(st)
 	if err != nil {
 		return nil, fmt.Errorf("stored delta %d: %w", rev, err)
@@ -108,6 +114,9 @@ func (r *Reader) Manifest(ctx context.Context) (*Manifest, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := r.Trust.Verify(KindManifest, st.Header, st.Data); err != nil {
+		return nil, err
+	}
 	var m Manifest
 	if err := json.Unmarshal(st.Data, &m); err != nil {
 		return nil, invalid("decode manifest: %v", err)
@@ -116,6 +125,16 @@ func (r *Reader) Manifest(ctx context.Context) (*Manifest, error) {
 		return nil, err
 	}
 	return &m, nil
+}
+
+// Key reads the public key record (ErrNotFound when the syncer never wrote one) and
+// returns the trust it establishes.
+func (r *Reader) Key(ctx context.Context) (*Trust, error) {
+	st, err := r.Last(ctx, r.Names.SnapshotStream, r.Names.KeySubject())
+	if err != nil {
+		return nil, err
+	}
+	return DecodeKeyRecord(st.Header, st.Data)
 }
 
 // ErrSnapshotMoved reports that a chunk of the manifest's snapshot was replaced while it

@@ -43,6 +43,9 @@ func FixtureSnapshot(dir string, revision int64) (*cache.Snapshot, error) {
 func (p *Syncer) runFixtures(ctx context.Context) error {
 	// One term without a lease: the fixtures source has no database to elect in (run one
 	// such syncer per prefix).
+	if err := p.useKey(ctx, nil); err != nil {
+		return err
+	}
 	s := newTerm(p, nil)
 	defer s.stop()
 	s.update(func(st *Status) {

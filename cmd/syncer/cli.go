@@ -48,6 +48,7 @@ func init() {
 		{"watch", "[--json] [--dump] [--once] [--timeout D]", "subscribe exactly like a router and print each applied revision (--json: one object per revision; --dump --once: print the current snapshot and exit)", cmdWatch},
 		{"status", "[--json] [--timeout D]", "the database and published revisions and every router's applied revision, state and staleness, from the leading syncer (a NATS request: works from any machine with NATS access)", cmdStatus},
 		{"wait", "--revision R | --current [--routers N | --all] [--timeout D]", "exit 0 once N (or all live) routers applied revision R or later, 1 on timeout listing the laggards", cmdWait},
+		{"keygen", "FILE", "write a new Ed25519 NKey signing seed to FILE (mode 0600; an existing file is never overwritten) and print its public key, for EXTENSION_REGISTRY_SIGNING_KEY and EXTENSION_REGISTRY_TRUSTED_KEYS", cmdKeygen},
 		{"dev", "[--dir DIR]", "everything on this machine: a private PostgreSQL, an embedded NATS with JetStream, migrations, the default fixtures and the syncer", cmdDev},
 		{"history", "[ID] [--since 24h|TIME] [--limit N] [--json]", "who changed what, when, under which revision (the change log)", cmdHistory},
 		{"diff", "REV_A REV_B [--json]", "the content difference between two revisions, from the change log", cmdDiff},
