@@ -60,6 +60,15 @@ func daemon(ctx context.Context, cfg *config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	// closeNATS closes the connection and waits for its callbacks to finish (they log; a
+	// caller that writes to the same output after the return must not race with them).
+	closeNATS := func() {
+		nc.Close()
+		select {
+		case <-closed:
+		case <-time.After(2 * time.Second):
+		}
+	}
 	// Streams of another subject prefix are refused before anything starts (a NATS that
 	// does not answer yet is the syncer's to retry).
 	if pub, err := publisher.New(nc, cfg.Publisher); err == nil {
@@ -67,7 +76,7 @@ func daemon(ctx context.Context, cfg *config, log *slog.Logger) error {
 		err = pub.CheckStreams(cctx)
 		cancel()
 		if errors.Is(err, publisher.ErrStreamInUse) {
-			nc.Close()
+			closeNATS()
 			return fmt.Errorf("%s %q: %w", envPrefix+"_SUBJECT_PREFIX", cfg.Publisher.Prefix, err)
 		}
 	}
@@ -77,7 +86,7 @@ func daemon(ctx context.Context, cfg *config, log *slog.Logger) error {
 	registerNATSMetrics(reg, nc)
 	s, err := syncer.New(cfg.Syncer, nc, cfg.Publisher, log, syncer.NewMetrics(reg))
 	if err != nil {
-		nc.Close()
+		closeNATS()
 		return err
 	}
 	var srv *admin.Server
@@ -96,7 +105,7 @@ func daemon(ctx context.Context, cfg *config, log *slog.Logger) error {
 			err = srv.Start(context.WithoutCancel(ctx))
 		}
 		if err != nil {
-			nc.Close()
+			closeNATS()
 			return err
 		}
 	}
