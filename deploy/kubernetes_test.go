@@ -204,7 +204,7 @@ func TestKubernetesDeployment(t *testing.T) {
 	}
 	pod := d.Spec.Template.Spec
 	if d.Spec.Replicas == nil || *d.Spec.Replicas != 2 {
-		t.Errorf("Deployment replicas %v, want 2 (a leader and a standby)", d.Spec.Replicas)
+		t.Errorf("Deployment replicas %s, want 2 (a leader and a standby)", intp(d.Spec.Replicas))
 	}
 	sel := matchLabels(t, d.Spec.Selector)
 	if !selects(sel, d.Spec.Template.Metadata.Labels) {
@@ -258,10 +258,10 @@ func TestKubernetesDeployment(t *testing.T) {
 	}
 	ttl := leaderTTL(t, settings)
 	if g := pod.TerminationGracePeriodSeconds; g == nil || time.Duration(*g)*time.Second <= ttl || *g < 20 {
-		t.Errorf("terminationGracePeriodSeconds %v: want above LEADER_TTL (%s) and at least the shutdown's 20 s (NATS drain 15 s, HTTP 5 s)", g, ttl)
+		t.Errorf("terminationGracePeriodSeconds %s: want above LEADER_TTL (%s) and at least the shutdown's 20 s (NATS drain 15 s, HTTP 5 s)", intp(g), ttl)
 	}
 	if mu := d.Spec.Strategy.RollingUpdate.MaxUnavailable; mu == nil || *mu != 0 {
-		t.Errorf("rollingUpdate.maxUnavailable %v, want 0 (the new standby is ready before an old pod stops)", mu)
+		t.Errorf("rollingUpdate.maxUnavailable %s, want 0 (the new standby is ready before an old pod stops)", intp(mu))
 	}
 
 	// Security.
@@ -332,7 +332,7 @@ func TestKubernetesPDBAndService(t *testing.T) {
 		t.Errorf("PodDisruptionBudget apiVersion %s, want policy/v1", pdb.APIVersion)
 	}
 	if pdb.Spec.MinAvailable == nil || *pdb.Spec.MinAvailable != 1 {
-		t.Errorf("PodDisruptionBudget minAvailable %v, want 1", pdb.Spec.MinAvailable)
+		t.Errorf("PodDisruptionBudget minAvailable %s, want 1", intp(pdb.Spec.MinAvailable))
 	}
 	psel := matchLabels(t, pdb.Spec.Selector)
 	if !selects(psel, podLabels) || !selects(dsel, psel) {
@@ -480,3 +480,10 @@ func podSettings(t *testing.T, objs []*object, c container) map[string]string {
 }
 
 func isTrue(b *bool) bool { return b != nil && *b }
+
+func intp(p *int) string {
+	if p == nil {
+		return "unset"
+	}
+	return strconv.Itoa(*p)
+}
