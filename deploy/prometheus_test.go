@@ -221,6 +221,11 @@ func TestAlertRulesPromtool(t *testing.T) {
 		t.Fatalf("promtool check rules %s: %v\n%s", alertsFile, err, out)
 	}
 	t.Logf("promtool check rules: %s", strings.TrimSpace(string(out)))
+	out, err = exec.Command(promtool, "test", "rules", filepath.Join(root(t), "deploy", "prometheus", "alerts_test.yml")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("promtool test rules deploy/prometheus/alerts_test.yml: %v\n%s", err, out)
+	}
+	t.Logf("promtool test rules: %s", strings.TrimSpace(string(out)))
 }
 
 func findPromtool(t *testing.T) string {
@@ -289,6 +294,24 @@ func TestAlertRules(t *testing.T) {
 		}
 		if !found {
 			t.Errorf("OPERATIONS.md section #%s is no alert's runbook", anchor)
+		}
+	}
+	// The series promtool's unit tests feed the rules are real series too.
+	var tf struct {
+		Tests []struct {
+			InputSeries []struct {
+				Series string `yaml:"series"`
+			} `yaml:"input_series"`
+		} `yaml:"tests"`
+	}
+	if err := yaml.Unmarshal([]byte(readFile(t, "deploy/prometheus/alerts_test.yml")), &tf); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range tf.Tests {
+		for _, in := range tc.InputSeries {
+			if _, problems := checkExpr(fams, in.Series); len(problems) > 0 {
+				t.Errorf("alerts_test.yml series %s: %v", in.Series, problems)
+			}
 		}
 	}
 	// What issue 11 asks the alerts to watch.
