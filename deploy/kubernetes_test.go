@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -486,4 +487,99 @@ func intp(p *int) string {
 		return "unset"
 	}
 	return strconv.Itoa(*p)
+}
+
+// TestKubernetesConfigurationIsValid runs the syncer built as the image builds it with
+// each workload's environment — the image's ENV, the ConfigMap, the Secret example's
+// values, the secret files written to a temporary directory — and checks that its
+// configuration check accepts every value. `syncer status` validates the whole
+// configuration before it connects; its connection to the manifests' NATS hosts (not
+// resolvable here) then fails, which is expected.
+func TestKubernetesConfigurationIsValid(t *testing.T) {
+	objs := manifests(t)
+	secret := find(objs, "Secret", "")
+	if secret == nil {
+		t.Fatal("no Secret (example) in deploy/kubernetes")
+	}
+	stages, _, err := parseDockerfile(readFile(t, "deploy/Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	imageEnv := map[string]string{}
+	for _, in := range stages[len(stages)-1].Body {
+		if in.Cmd == "ENV" {
+			for _, kv := range strings.Fields(in.Args) {
+				k, v, _ := strings.Cut(kv, "=")
+				imageEnv[k] = v
+			}
+		}
+	}
+	bin := staticBinary(t)
+	for _, o := range objs {
+		if o.Spec.Template == nil {
+			continue
+		}
+		pod := o.Spec.Template.Spec
+		for _, c := range pod.Containers {
+			dir := t.TempDir()
+			// Secret files at their mount paths, moved under dir.
+			files := map[string]string{}
+			for _, v := range pod.Volumes {
+				if v.Secret == nil {
+					continue
+				}
+				for _, m := range c.VolumeMounts {
+					if m.Name != v.Name {
+						continue
+					}
+					for _, it := range v.Secret.Items {
+						p := filepath.Join(dir, it.Path)
+						if err := os.WriteFile(p, []byte(secret.StringData[it.Key]), 0o600); err != nil {
+							t.Fatal(err)
+						}
+						files[filepath.Join(m.MountPath, it.Path)] = p
+					}
+				}
+			}
+			env := map[string]string{}
+			for k, v := range imageEnv {
+				env[k] = v
+			}
+			for k, v := range podSettings(t, objs, c) {
+				env[k] = v
+			}
+			for _, e := range c.Env {
+				if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
+					env[e.Name] = secret.StringData[e.ValueFrom.SecretKeyRef.Key]
+				}
+			}
+			list := []string{"PATH=/usr/bin:/bin", "HOME=" + dir}
+			for k, v := range env {
+				if p, ok := files[v]; ok {
+					v = p
+				}
+				if _, pending := notYetInConfig[k]; pending {
+					if _, known := syncerConfig(t)[k]; !known {
+						continue // this binary does not read it
+					}
+				}
+				list = append(list, k+"="+v)
+			}
+			cmd := exec.Command(bin, "status", "--timeout", "1s")
+			cmd.Env = list
+			cmd.Dir = dir
+			timer := time.AfterFunc(30*time.Second, func() {
+				if cmd.Process != nil {
+					cmd.Process.Kill()
+				}
+			})
+			out, _ := cmd.CombinedOutput()
+			timer.Stop()
+			if strings.Contains(string(out), "invalid configuration") {
+				t.Errorf("%s %s container %s: the syncer refuses the configuration:\n%s", o.file, o.Kind, c.Name, out)
+			} else if !strings.Contains(string(out), "NATS") {
+				t.Errorf("%s %s container %s: want the configuration accepted and the NATS connection to fail, got:\n%s", o.file, o.Kind, c.Name, out)
+			}
+		}
+	}
 }
