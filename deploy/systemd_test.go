@@ -139,3 +139,35 @@ func mustRun(t *testing.T, name string, args ...string) {
 		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
 	}
 }
+
+// TestSystemdEnvExample: the example env file sets only the syncer's variables and the
+// syncer accepts it with the unit's Environment= defaults (credential files replaced by
+// temporary ones).
+func TestSystemdEnvExample(t *testing.T) {
+	env := map[string]string{}
+	for _, e := range parseUnit(t, readFile(t, unitFile))["Service"]["Environment"] {
+		k, v, _ := strings.Cut(strings.Trim(e, `"`), "=")
+		env[k] = v
+	}
+	dir := t.TempDir()
+	sc := bufio.NewScanner(strings.NewReader(readFile(t, "deploy/systemd/env.example")))
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			t.Fatalf("env.example:%d: not VARIABLE=value: %q", n, line)
+		}
+		checkVariable(t, "deploy/systemd/env.example", k)
+		if cred, ok := strings.CutPrefix(v, "/run/credentials/registry-syncer.service/"); ok {
+			v = filepath.Join(dir, cred)
+			if err := os.WriteFile(v, []byte("placeholder\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		env[k] = v // EnvironmentFile= wins over Environment=
+	}
+	checkConfigAccepted(t, "deploy/systemd/env.example with the unit's Environment=", env)
+}
