@@ -570,6 +570,11 @@ func checkConfigAccepted(t *testing.T, where string, env map[string]string) {
 	t.Helper()
 	dir := t.TempDir()
 	list := []string{"PATH=/usr/bin:/bin", "HOME=" + dir}
+	if _, ok := env[envPrefix+"NATS_URL"]; !ok {
+		// Never the default, 127.0.0.1:4222: a NATS server of this machine. .invalid
+		// never resolves (RFC 2606).
+		list = append(list, envPrefix+"NATS_URL=nats://nats.invalid:4222")
+	}
 	for k, v := range env {
 		if _, pending := notYetInConfig[k]; pending {
 			if _, known := syncerConfig(t)[k]; !known {
