@@ -156,6 +156,26 @@ func manifests(t *testing.T) []*object {
 	return out
 }
 
+// apiVersions are the current API versions of the kinds the kit uses.
+var apiVersions = map[string]string{
+	"Deployment": "apps/v1", "Service": "v1", "ConfigMap": "v1", "Secret": "v1", "ServiceAccount": "v1",
+	"PodDisruptionBudget": "policy/v1", "Job": "batch/v1", "Kustomization": "kustomize.config.k8s.io/v1beta1",
+}
+
+func TestKubernetesKinds(t *testing.T) {
+	for _, o := range manifests(t) {
+		want, ok := apiVersions[o.Kind]
+		switch {
+		case !ok:
+			t.Errorf("%s: kind %s is not checked by these tests: add it to apiVersions and check what matters", o.file, o.Kind)
+		case o.APIVersion != want:
+			t.Errorf("%s: %s apiVersion %s, want %s", o.file, o.Kind, o.APIVersion, want)
+		case o.Kind != "Kustomization" && (o.Metadata.Name == "" || o.Metadata.Labels["app.kubernetes.io/name"] != "registry-syncer"):
+			t.Errorf("%s: %s %q: want a name and the label app.kubernetes.io/name: registry-syncer", o.file, o.Kind, o.Metadata.Name)
+		}
+	}
+}
+
 func find(objs []*object, kind, name string) *object {
 	for _, o := range objs {
 		if o.Kind == kind && (name == "" || o.Metadata.Name == name) {
