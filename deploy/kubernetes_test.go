@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nkeys"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -553,7 +554,7 @@ func TestKubernetesConfigurationIsValid(t *testing.T) {
 					}
 					for _, it := range v.Secret.Items {
 						p := filepath.Join(dir, it.Path)
-						if err := os.WriteFile(p, []byte(secret.StringData[it.Key]), 0o600); err != nil {
+						if err := os.WriteFile(p, secretFileContent(t, it.Path, secret.StringData[it.Key]), 0o600); err != nil {
 							t.Fatal(err)
 						}
 						files[filepath.Join(m.MountPath, it.Path)] = p
@@ -618,4 +619,23 @@ func checkConfigAccepted(t *testing.T, where string, env map[string]string) {
 	case !strings.Contains(string(out), "NATS"):
 		t.Errorf("%s: want the configuration accepted and the NATS connection to fail, got:\n%s", where, out)
 	}
+}
+
+// secretFileContent is what a test writes for a secret file: a fresh NKey user seed for an
+// NKey seed file (*.nk: the example's placeholder is not one, and the syncer checks it),
+// else the example's value.
+func secretFileContent(t *testing.T, name, example string) []byte {
+	t.Helper()
+	if !strings.HasSuffix(name, ".nk") {
+		return []byte(example)
+	}
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed, err := kp.Seed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return seed
 }

@@ -163,7 +163,7 @@ func TestSystemdEnvExample(t *testing.T) {
 		checkVariable(t, "deploy/systemd/env.example", k)
 		if cred, ok := strings.CutPrefix(v, "/run/credentials/registry-syncer.service/"); ok {
 			v = filepath.Join(dir, cred)
-			if err := os.WriteFile(v, []byte("placeholder\n"), 0o600); err != nil {
+			if err := os.WriteFile(v, secretFileContent(t, cred, "placeholder\n"), 0o600); err != nil {
 				t.Fatal(err)
 			}
 		}
