@@ -145,13 +145,13 @@ func (s *term) verifyChain(ctx context.Context) {
 	if err != nil {
 		return // checkStream deals with a missing manifest
 	}
+	budget := time.Now().Add(s.cfg.HeartbeatInterval / 4)
+	// The chain routers walk: from the head down to the snapshot's revision.
 	rev := s.chainNext
-	if rev <= man.Revision || rev > s.snap.Revision() {
+	if rev <= 0 || rev < man.Revision || rev > s.snap.Revision() {
 		rev = s.snap.Revision() // start again from the head
 	}
-	quiet := s.pub.Quiet()
-	budget := time.Now().Add(s.cfg.HeartbeatInterval / 4)
-	for i := 0; i < chainStep && rev > man.Revision && time.Now().Before(budget); i++ {
+	for i := 0; i < chainStep && rev >= man.Revision && rev > 0 && time.Now().Before(budget); i++ {
 		d, err := r.Delta(cctx, rev)
 		switch {
 		case err == nil:
@@ -162,6 +162,10 @@ func (s *term) verifyChain(ctx context.Context) {
 			return // NATS does not answer: go on next time
 		}
 		p := s.history.byRevision(rev)
+		if p == nil && rev == man.Revision {
+			rev = 0 // the snapshot itself holds it: the chain is complete
+			break
+		}
 		if p == nil {
 			s.log.ErrorContext(ctx, "syncer: the stream lacks a delta between the snapshot and the head that this syncer cannot restore; writing the current snapshot above it",
 				"missing", rev, "snapshot", man.Revision, "published", s.snap.Revision())
@@ -170,21 +174,51 @@ func (s *term) verifyChain(ctx context.Context) {
 			s.chainNext = 0
 			return
 		}
-		seq, err := quiet.StoreDelta(cctx, p.delta, p.data)
-		if err != nil {
-			s.metrics.PublishErrors.Inc()
-			s.log.WarnContext(ctx, "syncer: restoring a delta missing from the stream failed", "revision", rev, "error", err)
+		if !s.restoreDelta(ctx, cctx, p, man.Revision) {
 			s.chainNext = rev
 			return
 		}
-		if seq > 0 {
-			p.seq = seq
-			s.lastSeq = max(s.lastSeq, seq)
-			s.metrics.Republished.Inc()
-		}
-		s.log.WarnContext(ctx, "syncer: the stream lacked a delta in the middle of the chain; stored it again with its original content",
-			"revision", rev, "snapshot", man.Revision, "published", s.snap.Revision())
 		rev = p.delta.PrevRevision
 	}
 	s.chainNext = rev
+	// What this term published below the snapshot, a few per beat, oldest reached last:
+	// routers behind the snapshot re-bootstrap, but a hole there (a crash that lost a tail
+	// which newer deltas then covered) should not stay for good.
+	if s.deepNext <= 0 || s.deepNext > s.history.len() {
+		s.deepNext = s.history.len()
+	}
+	for i := 0; i < chainStep && s.deepNext > 0 && time.Now().Before(budget); i++ {
+		p := s.history.at(s.deepNext - 1)
+		if p.delta.Revision >= man.Revision {
+			s.deepNext-- // the chain walk above covers it
+			continue
+		}
+		_, err := r.Delta(cctx, p.delta.Revision)
+		if err != nil && !errors.Is(err, protocol.ErrNotFound) {
+			return
+		}
+		if errors.Is(err, protocol.ErrNotFound) && !s.restoreDelta(ctx, cctx, p, man.Revision) {
+			return
+		}
+		s.deepNext--
+	}
+}
+
+// restoreDelta stores p again, with its original content and without a live
+// announcement; it reports whether that worked.
+func (s *term) restoreDelta(ctx, cctx context.Context, p *published, snapshot int64) bool {
+	seq, err := s.pub.Quiet().StoreDelta(cctx, p.delta, p.data)
+	if err != nil {
+		s.metrics.PublishErrors.Inc()
+		s.log.WarnContext(ctx, "syncer: restoring a delta missing from the stream failed", "revision", p.delta.Revision, "error", err)
+		return false
+	}
+	if seq > 0 {
+		p.seq = seq
+		s.lastSeq = max(s.lastSeq, seq)
+		s.metrics.Republished.Inc()
+	}
+	s.log.WarnContext(ctx, "syncer: the stream lacked a delta it had stored; stored it again with its original content",
+		"revision", p.delta.Revision, "snapshot", snapshot, "published", s.snap.Revision())
+	return true
 }

@@ -44,6 +44,7 @@ type term struct {
 	pendingAfter int64
 	caughtUpOnce bool  // the term caught up at least once (it worked until it ended)
 	chainNext    int64 // where verifyChain goes on (0: from the head)
+	deepNext     int   // verifyChain's place in the history below the snapshot (0: the newest)
 	fleetView    *fleet.Fleet
 	withheld     withholding
 
