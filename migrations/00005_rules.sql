@@ -20,18 +20,77 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 $$;
 -- +goose StatementEnd
 
+-- Every number of doc round-trips through a double. One function, not three calling each
+-- other: a function body finds other functions through the caller's search_path, which
+-- is not the registry's schema in every session.
 -- +goose StatementBegin
 CREATE FUNCTION registry_json_numbers_ok(doc jsonb) RETURNS boolean
-LANGUAGE sql IMMUTABLE PARALLEL SAFE SET extra_float_digits = 1 AS $$
-    SELECT NOT EXISTS (
-        SELECT 1
-        FROM jsonb_path_query(doc, 'strict $.** ? (@.type() == "number")') AS j(v),
-             LATERAL (SELECT j.v::numeric AS n) AS x
-        WHERE NOT CASE
-            WHEN x.n = 0 THEN true
-            WHEN abs(x.n) > 1.7976931348623157e308 OR abs(x.n) < 4.9406564584124654e-324 THEN false
-            ELSE x.n::float8::text::numeric = x.n
-        END)
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    n numeric;
+    a numeric;
+    t text;
+    ip text;
+    digits text;
+    sig text;
+    e10 integer; -- a = 0.sig × 10^e10
+    sd integer;
+    g float8;
+    u numeric;
+    lo numeric;
+    f float8;
+    e integer;
+    exact numeric;
+BEGIN
+    FOR n IN SELECT j.v::numeric FROM jsonb_path_query(doc, 'strict $.** ? (@.type() == "number")') AS j(v) LOOP
+        a := abs(n);
+        CONTINUE WHEN a = 0;
+        IF a > 1.7976931348623157e308 OR a < 4.9406564584124654e-324 THEN
+            RETURN false;
+        END IF;
+        t := a::text;
+        ip := split_part(t, '.', 1);
+        digits := ip || split_part(t, '.', 2);
+        sig := ltrim(digits, '0');
+        e10 := length(ip) - (length(digits) - length(sig));
+        sig := rtrim(sig, '0');
+        sd := length(sig);
+        CONTINUE WHEN sd <= 15 AND a >= 2.2250738585072014e-308;
+        IF sd > 17 THEN
+            RETURN false; -- the shortest decimal of a double never has more than 17 digits
+        END IF;
+        g := a::float8;
+        IF sd > 1 THEN
+            u := ('1e' || (e10 - sd + 1))::numeric;
+            lo := trunc(a * ('1e' || (sd - 1 - e10))::numeric) * u;
+            IF lo >= 2.4703282292062328e-324 AND lo::float8 = g THEN
+                RETURN false;
+            END IF;
+            IF lo + u <= 1.7976931348623157e308 AND (lo + u)::float8 = g THEN
+                RETURN false;
+            END IF;
+        END IF;
+        -- The exact value of g: its integer mantissa times a power of two, scaled exactly
+        -- (multiplying or dividing a double by a power of two in range loses nothing).
+        f := g;
+        e := 0;
+        WHILE f >= 9007199254740992 * 4294967296.0 LOOP f := f / 4294967296.0; e := e + 32; END LOOP;
+        WHILE f >= 9007199254740992 LOOP f := f / 2; e := e + 1; END LOOP;
+        WHILE f < 4503599627370496 / 4294967296.0 LOOP f := f * 4294967296.0; e := e - 32; END LOOP;
+        WHILE f < 4503599627370496 LOOP f := f * 2; e := e - 1; END LOOP;
+        exact := f::bigint::numeric; -- an integer in [2^52, 2^53)
+        IF e >= 0 THEN
+            exact := exact * 2::numeric ^ e;
+        ELSE
+            exact := exact * 5::numeric ^ (-e) * ('1e' || e)::numeric;
+        END IF;
+        u := ('1e' || (e10 - sd))::numeric;
+        IF 2 * abs(a - exact) > u THEN
+            RETURN false; -- another decimal of sd digits is nearer to g
+        END IF;
+    END LOOP;
+    RETURN true;
+END
 $$;
 -- +goose StatementEnd
 
