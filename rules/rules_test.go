@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 	"unicode"
@@ -117,4 +118,46 @@ func cut(lit string) (mant, exp string, ok bool) {
 		}
 	}
 	return lit, "0", false
+}
+
+// TestDownRestoresTheOldRules: the Down section of 00005 gives back the constraints of
+// 00001 (the seven measured rows are accepted again, an ASCII rule still holds), and Up's
+// text applies again on top of it.
+func TestDownRestoresTheOldRules(t *testing.T) {
+	t.Parallel()
+	s := harness.PG(t).NewSchema(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	s.UndoRules(t)
+	ins := `INSERT INTO extensions (id, type, subject, version, config) VALUES `
+	poison := []string{
+		ins + `('p1', 'pre', 'beamline.ext.pre.' || repeat('é', 296) || '.v1', 'v1', '{}')`,
+		ins + `('p2', 'pre', E'beamline.ext.pre.a\x01b.v1', 'v1', '{}')`,
+		ins + "('p3', 'pre', 'beamline.ext.pre.a\u00a0b.v1', 'v1', '{}')",
+		ins + `('p4', 'pre', 'beamline.ext.pre.p.v1', repeat('é', 40), '{}')`,
+		ins + `('p5', 'pre', 'beamline.ext.pre.p.v1', 'v1', (repeat('{"a":', 300) || '1' || repeat('}', 300))::jsonb)`,
+		ins + `('p6', 'pre', 'beamline.ext.pre.p.v1', 'v1', '{"x": 1e400}')`,
+		`INSERT INTO extension_instances (extension_id, instance_id, subject) VALUES ('p6', repeat('é', 200), 'beamline.ext.pre.p.v1')`,
+	}
+	for _, q := range poison {
+		if _, err := s.Pool.Exec(ctx, q); err != nil {
+			t.Fatalf("before 00005 the database accepted %s: %v", q, err)
+		}
+	}
+	if _, err := s.Pool.Exec(ctx, `INSERT INTO extensions (id, type, subject) VALUES ('q', 'pre', 'beamline.ext.pre.*.v1')`); err == nil {
+		t.Fatal("the old subject constraint is gone")
+	}
+	// Up again: refused while the poison rows are there, naming a constraint; applied once
+	// they are gone.
+	up, _, _ := strings.Cut(rules.Migration(), "-- +goose Down")
+	up = strings.NewReplacer("-- +goose StatementBegin", "", "-- +goose StatementEnd", "", "-- +goose Up", "").Replace(up)
+	if _, err := s.Pool.Exec(ctx, up); err == nil || !strings.Contains(err.Error(), "is violated by some row") {
+		t.Fatalf("00005 over poison rows: %v, want a named constraint violated by some row", err)
+	}
+	if _, err := s.Pool.Exec(ctx, `DELETE FROM extensions WHERE id LIKE 'p%'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Pool.Exec(ctx, up); err != nil {
+		t.Fatalf("00005 again: %v", err)
+	}
 }

@@ -128,7 +128,6 @@ func Migration() string {
 -- +goose Up
 `)
 	fmt.Fprintf(&b, sqlFunctions, MaxJSONNesting)
-	tables := []string{"extensions", "extension_versions", "extension_instances"}
 	for _, t := range tables {
 		var clauses []string
 		for _, r := range replaced {
@@ -150,6 +149,15 @@ func Migration() string {
 	}
 
 	b.WriteString("\n-- +goose Down\n")
+	b.WriteString(Down())
+	return b.String()
+}
+
+// Down returns the Down section of migrations/00005_rules.sql: the constraints and
+// functions of 00005 dropped, the ones of 00001 it replaced restored. Tests run it to get
+// a database as it was before 00005, one that accepts rows the router side refuses.
+func Down() string {
+	var b strings.Builder
 	for i := len(tables) - 1; i >= 0; i-- {
 		t := tables[i]
 		var clauses []string
@@ -173,6 +181,8 @@ func Migration() string {
 	b.WriteString("DROP FUNCTION registry_json_numbers_ok(jsonb);\nDROP FUNCTION registry_json_nesting_ok(jsonb);\n")
 	return b.String()
 }
+
+var tables = []string{"extensions", "extension_versions", "extension_instances"}
 
 // Constraints lists the name of every CHECK constraint that enforces a rule of Columns.
 func Constraints() []string {
