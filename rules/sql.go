@@ -23,9 +23,11 @@ const (
 // Go's, 1.7383811269982239e+18 PostgreSQL's, for the same double). Instead: a number of
 // sd significant digits is the shortest decimal of its double d when no decimal of sd-1
 // digits rounds to d (the two of them next to it are enough to try) and it is the
-// sd-digit decimal nearest d's exact value (computed exactly). Fewer than 16 digits in
-// the normal range always round-trip; the CASE-like guards keep values outside every
-// double away from float8, which would raise instead of refusing.
+// sd-digit decimal nearest d's exact value. That is float8's own output when it has sd
+// digits (measured: most numbers); else the exact value is computed. Fewer than 16 digits
+// in the normal range always round-trip; the guards keep values outside every double away
+// from float8, which would raise instead of refusing. The shortcut holds whatever the
+// session's extra_float_digits (see the comment in the function).
 const sqlFunctions = `-- +goose StatementBegin
 CREATE FUNCTION registry_json_nesting_ok(doc jsonb) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -56,7 +58,7 @@ DECLARE
     e integer;
     exact numeric;
 BEGIN
-    FOR n IN SELECT j.v::numeric FROM jsonb_path_query(doc, 'strict $.** ? (@.type() == "number")') AS j(v) LOOP
+    FOR n IN SELECT j.v::numeric FROM jsonb_path_query(doc, '%[2]s') AS j(v) LOOP
         a := abs(n);
         CONTINUE WHEN a = 0;
         IF a > 1.7976931348623157e308 OR a < 4.9406564584124654e-324 THEN
@@ -84,7 +86,12 @@ BEGIN
                 RETURN false;
             END IF;
         END IF;
-        -- The exact value of g: its integer mantissa times a power of two, scaled exactly
+        -- No shorter decimal rounds to g: when n is float8's own output for g (the shortest
+        -- decimal inside g's rounding interval, or with extra_float_digits <= 0 g rounded
+        -- to 15 + extra_float_digits digits: then the nearest to g of its length), it is
+        -- the canonical one.
+        CONTINUE WHEN g::text::numeric = a;
+        -- Otherwise compare with the exact value of g: its integer mantissa times a power of two, scaled exactly
         -- (multiplying or dividing a double by a power of two in range loses nothing).
         f := g;
         e := 0;
@@ -127,7 +134,7 @@ func Migration() string {
 
 -- +goose Up
 `)
-	fmt.Fprintf(&b, sqlFunctions, MaxJSONNesting)
+	fmt.Fprintf(&b, sqlFunctions, MaxJSONNesting, sqlSlowNumbers)
 	for _, t := range tables {
 		var clauses []string
 		for _, r := range replaced {
