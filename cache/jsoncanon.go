@@ -487,10 +487,10 @@ func (p *jsonParser) canonNumber(dst []byte) ([]byte, error) {
 	}
 	// Anything else must round-trip through a double (I-JSON): the canonical form then has
 	// the value written, so every reader gets what the writer stored.
-	if !rules.NumberRoundTrips(string(lit)) {
+	f, ok := rules.ParseNumber(string(lit))
+	if !ok {
 		return dst, p.ruleErr(start, rules.NumberViolation(string(lit)))
 	}
-	f, _ := strconv.ParseFloat(string(lit), 64)
 	return appendESNumber(dst, f), nil
 }
 

@@ -19,49 +19,106 @@ import (
 // This is I-JSON's rule (RFC 7493 §2.2): numbers with more magnitude or precision than a
 // double are refused, so that every reader gets the value the writer stored.
 func NumberRoundTrips(lit string) bool {
+	_, ok := ParseNumber(lit)
+	return ok
+}
+
+// ParseNumber parses the JSON number literal lit into its nearest double and reports
+// whether it round-trips (NumberRoundTrips).
+func ParseNumber(lit string) (float64, bool) {
 	f, err := strconv.ParseFloat(lit, 64)
 	if err != nil || math.IsInf(f, 0) {
+		return 0, false
+	}
+	var buf [32]byte
+	return f, sameDecimal(lit, strconv.AppendFloat(buf[:0], f, 'e', -1, 64))
+}
+
+// sameDecimal compares two decimal literals by value (a well-formed JSON number and Go's
+// 'e' format), without allocating.
+func sameDecimal[A, B ~string | ~[]byte](a A, b B) bool {
+	x, y := decimal(a), decimal(b)
+	if x.n == 0 || y.n == 0 {
+		return x.n == y.n // zero (of either sign) only equals zero
+	}
+	if x.neg != y.neg || x.exp != y.exp || x.n != y.n || x.big || y.big {
 		return false
 	}
-	shortest := strconv.FormatFloat(f, 'e', -1, 64)
-	return sameDecimal(lit, shortest)
-}
-
-// sameDecimal compares two decimal literals by value (both well-formed JSON numbers or Go
-// 'e' format).
-func sameDecimal(a, b string) bool {
-	an, ad, ae := decimal(a)
-	bn, bd, be := decimal(b)
-	if ad == "" || bd == "" {
-		return ad == bd // zero (of either sign) only equals zero
-	}
-	return an == bn && ad == bd && ae == be
-}
-
-// decimal splits a number literal into sign, significant digits (no leading or trailing
-// zeros; "" for zero) and the exponent e such that the value is 0.digits × 10^e.
-func decimal(s string) (neg bool, digits string, exp int) {
-	if strings.HasPrefix(s, "-") {
-		neg, s = true, s[1:]
-	}
-	mant, e := s, 0
-	if i := strings.IndexAny(s, "eE"); i >= 0 {
-		mant = s[:i]
-		n, err := strconv.Atoi(strings.TrimPrefix(s[i+1:], "+"))
-		if err != nil {
-			// An exponent beyond int: the number is far outside every double's range, and
-			// ParseFloat has already refused it; never reached from NumberRoundTrips.
-			return neg, "x", 0
+	for k := 0; k < x.n; k++ {
+		if x.digit(k) != y.digit(k) {
+			return false
 		}
-		e = n
 	}
-	intPart, frac, _ := strings.Cut(mant, ".")
-	all := intPart + frac
-	e += len(intPart)
-	trimmed := strings.TrimLeft(all, "0")
-	e -= len(all) - len(trimmed)
-	trimmed = strings.TrimRight(trimmed, "0")
-	return neg, trimmed, e
+	return true
+}
+
+// dec is a decimal literal taken apart: the value is ±0.d₁…dₙ × 10^exp, the significant
+// digits (no leading or trailing zeros; n = 0 for zero) read from mant, skipping the point.
+type dec[S ~string | ~[]byte] struct {
+	mant     S
+	intLen   int // digits before the point
+	from, n  int // the first significant digit (counting digits only) and how many
+	exp      int
+	neg, big bool // big: an exponent beyond int, far outside every double
+}
+
+func (d dec[S]) digit(k int) byte {
+	k += d.from
+	if k >= d.intLen && d.intLen < len(d.mant) {
+		return d.mant[k+1]
+	}
+	return d.mant[k]
+}
+
+func decimal[S ~string | ~[]byte](s S) dec[S] {
+	var d dec[S]
+	if len(s) > 0 && s[0] == '-' {
+		d.neg, s = true, s[1:]
+	}
+	d.mant = s
+	for i := 0; i < len(s); i++ {
+		if s[i] == 'e' || s[i] == 'E' {
+			d.mant = s[:i]
+			x := s[i+1:]
+			eneg := false
+			if len(x) > 0 && (x[0] == '+' || x[0] == '-') {
+				eneg = x[0] == '-'
+				x = x[1:]
+			}
+			for j := 0; j < len(x); j++ {
+				if d.exp > 1<<30 {
+					d.big = true
+					break
+				}
+				d.exp = d.exp*10 + int(x[j]-'0')
+			}
+			if eneg {
+				d.exp = -d.exp
+			}
+			break
+		}
+	}
+	d.intLen = len(d.mant)
+	nd := len(d.mant)
+	for i := 0; i < len(d.mant); i++ {
+		if d.mant[i] == '.' {
+			d.intLen, nd = i, len(d.mant)-1
+			break
+		}
+	}
+	d.exp += d.intLen
+	raw := d // digit() with from = 0 reads every digit
+	lead := 0
+	for lead < nd && raw.digit(lead) == '0' {
+		lead++
+	}
+	trail := 0
+	for trail < nd-lead && raw.digit(nd-1-trail) == '0' {
+		trail++
+	}
+	d.from, d.n = lead, nd-lead-trail
+	d.exp -= lead
+	return d
 }
 
 // JSON checks the rules of a config, metadata or routing_rules document beyond its
