@@ -37,6 +37,14 @@ lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 
+.PHONY: generate
+generate: ## Regenerate the files made from package rules (migration 00005, the JSON Schemas)
+	$(GO) generate ./rules
+
+.PHONY: verify
+verify: ## Fail if a file generated from package rules is stale
+	$(GO) test -count=1 -run TestGeneratedFilesFresh ./rules
+
 .PHONY: tidy-check
 tidy-check: ## Fail if go.mod/go.sum are not tidy
 	$(GO) mod tidy && git diff --exit-code go.mod go.sum

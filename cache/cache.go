@@ -4,6 +4,8 @@ package cache
 import (
 	"encoding/json"
 	"errors"
+
+	"github.com/beamline/registry-syncer/rules"
 )
 
 // Extension types.
@@ -36,18 +38,19 @@ const (
 	KindAggregate = "aggregate"
 )
 
-// Validation limits.
+// Validation limits, in bytes where they are lengths: the registry's rules (package rules),
+// which the database enforces too.
 const (
-	MaxIDLen         = 255
-	MaxSubjectLen    = 512
-	MaxVersionLen    = 64
-	MinTimeoutMS     = 10
-	MaxTimeoutMS     = 5000
-	MinRetry         = 0
-	MaxRetry         = 3
-	MinWeight        = 0
-	MaxWeight        = 100
-	MaxInstanceIDLen = 255
+	MaxIDLen         = rules.MaxIDBytes
+	MaxSubjectLen    = rules.MaxSubjectBytes
+	MaxVersionLen    = rules.MaxVersionBytes
+	MinTimeoutMS     = rules.MinTimeoutMS
+	MaxTimeoutMS     = rules.MaxTimeoutMS
+	MinRetry         = rules.MinRetry
+	MaxRetry         = rules.MaxRetry
+	MinWeight        = rules.MinWeight
+	MaxWeight        = rules.MaxWeight
+	MaxInstanceIDLen = rules.MaxInstanceIDBytes
 )
 
 var (

@@ -3,15 +3,16 @@ package cache
 import (
 	"bytes"
 	"fmt"
-	"math"
 	"slices"
 	"strconv"
 	"unicode/utf16"
 	"unicode/utf8"
+
+	"github.com/beamline/registry-syncer/rules"
 )
 
-// maxDepth bounds the nesting of arrays and objects in a JSON value.
-const maxDepth = 256
+// maxDepth bounds the nesting of arrays and objects in a JSON value (rules.MaxJSONNesting).
+const maxDepth = rules.MaxJSONNesting
 
 // jsonParser is a strict JSON reader. It either re-emits values in canonical
 // form (canonValue) or reads typed scalars for the aggregate decoder. Its
@@ -33,14 +34,23 @@ type objMember struct {
 	start, end   int // `"key":value` in the output
 }
 
-// SyntaxError reports malformed JSON.
+// SyntaxError reports malformed JSON, or JSON that breaks a rule of registry documents
+// (then Rule names it: nesting, numbers, U+0000; see package rules).
 type SyntaxError struct {
 	Offset int // byte offset in the input
 	Msg    string
+	Rule   string // the broken rule's name, "" for malformed JSON
 }
 
 func (e *SyntaxError) Error() string {
+	if e.Rule != "" {
+		return fmt.Sprintf("%s (at offset %d)", e.Msg, e.Offset)
+	}
 	return fmt.Sprintf("invalid JSON at offset %d: %s", e.Offset, e.Msg)
+}
+
+func (p *jsonParser) ruleErr(offset int, v *rules.Violation) error {
+	return &SyntaxError{Offset: offset, Msg: v.Msg, Rule: v.Rule}
 }
 
 func (p *jsonParser) reset(data []byte) {
@@ -148,7 +158,7 @@ func (p *jsonParser) literal(dst []byte, lit string) ([]byte, error) {
 
 func (p *jsonParser) canonArray(dst []byte, depth int) ([]byte, error) {
 	if depth >= maxDepth {
-		return dst, p.errf("nesting deeper than %d", maxDepth)
+		return dst, p.ruleErr(p.pos, rules.NestingViolation())
 	}
 	p.pos++ // '['
 	dst = append(dst, '[')
@@ -181,7 +191,7 @@ func (p *jsonParser) canonArray(dst []byte, depth int) ([]byte, error) {
 
 func (p *jsonParser) canonObject(dst []byte, depth int) ([]byte, error) {
 	if depth >= maxDepth {
-		return dst, p.errf("nesting deeper than %d", maxDepth)
+		return dst, p.ruleErr(p.pos, rules.NestingViolation())
 	}
 	p.pos++ // '{'
 	objStart := len(dst)
@@ -353,6 +363,9 @@ func (p *jsonParser) decodeString(dst []byte) ([]byte, error) {
 			if !ok {
 				return dst, p.errf("invalid \\u escape")
 			}
+			if r == 0 {
+				return dst, p.ruleErr(i, rules.NULViolation())
+			}
 			i += 5
 			if utf16.IsSurrogate(r) {
 				// A high surrogate must be followed by an escaped low surrogate.
@@ -472,9 +485,11 @@ func (p *jsonParser) canonNumber(dst []byte) ([]byte, error) {
 		}
 		return append(dst, lit...), nil
 	}
-	f, err := strconv.ParseFloat(string(lit), 64)
-	if err != nil || math.IsInf(f, 0) {
-		return dst, &SyntaxError{Offset: start, Msg: fmt.Sprintf("number %s out of range", lit)}
+	// Anything else must round-trip through a double (I-JSON): the canonical form then has
+	// the value written, so every reader gets what the writer stored.
+	f, ok := rules.ParseNumber(string(lit))
+	if !ok {
+		return dst, p.ruleErr(start, rules.NumberViolation(string(lit)))
 	}
 	return appendESNumber(dst, f), nil
 }

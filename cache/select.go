@@ -100,3 +100,16 @@ func looseRules(raw []byte) []rule {
 	}
 	return rules
 }
+
+// isVTag reports whether s looks like v<digits>.
+func isVTag(s string) bool {
+	if len(s) < 2 || s[0] != 'v' {
+		return false
+	}
+	for i := 1; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}

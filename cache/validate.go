@@ -8,8 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"unicode"
-	"unicode/utf8"
+
+	"github.com/beamline/registry-syncer/rules"
 )
 
 // ValidationError is one broken rule of one extension. It wraps ErrInvalid.
@@ -22,6 +22,10 @@ type ValidationError struct {
 	ID    string // extension id
 	Field string // JSON path of the field, e.g. "versions[v2].timeout_ms" or "instances[i1].weight"
 	Rule  string // the broken rule and the offending value
+	// Name is the broken rule's name in package rules, the suffix of the CHECK constraint
+	// <table>_<column>_<Name> that refuses the same value in the database; "" for
+	// problems of the document itself (a duplicate version, malformed JSON).
+	Name string
 }
 
 func (e *ValidationError) Error() string {
@@ -179,6 +183,13 @@ func (n *normalizer) fail(id string, pt path, format string, args ...any) {
 	n.errs = append(n.errs, &ValidationError{ID: id, Field: pt.String(), Rule: fmt.Sprintf(format, args...)})
 }
 
+// broke records v, a broken rule of package rules, unless v is nil.
+func (n *normalizer) broke(id string, pt path, v *rules.Violation) {
+	if v != nil {
+		n.errs = append(n.errs, &ValidationError{ID: id, Field: pt.String(), Rule: v.Msg, Name: v.Rule})
+	}
+}
+
 func (n *normalizer) result() error {
 	if len(n.errs) == 0 {
 		return nil
@@ -296,128 +307,28 @@ func (n *normalizer) normalizeInstance(id string, in *Instance) error {
 
 func (n *normalizer) checkOwn(e *Extension) {
 	id := e.ID
-	if msg := idProblem(id); msg != "" {
-		n.fail(id, path{field: "id"}, "%s", msg)
-	}
-	if typeIndex(e.Type) < 0 {
-		n.fail(id, path{field: "type"}, "must be one of pre, validator, post, provider (got %q)", e.Type)
-	}
-	n.checkSubject(id, path{field: "subject"}, e.Subject, true)
-	n.checkRange(id, path{field: "timeout_ms"}, e.TimeoutMS, MinTimeoutMS, MaxTimeoutMS)
-	n.checkRange(id, path{field: "retry"}, e.Retry, MinRetry, MaxRetry)
-	n.checkVersionString(id, path{field: "version"}, e.Version)
+	n.broke(id, path{field: "id"}, rules.ID(id))
+	n.broke(id, path{field: "type"}, rules.Type(e.Type))
+	n.broke(id, path{field: "subject"}, rules.Subject(e.Subject, true))
+	n.broke(id, path{field: "timeout_ms"}, rules.TimeoutMS(e.TimeoutMS))
+	n.broke(id, path{field: "retry"}, rules.Retry(e.Retry))
+	n.broke(id, path{field: "version"}, rules.Version(e.Version))
 }
 
 func (n *normalizer) checkVersion(id string, i int, v *Version) {
 	pt := path{group: "versions", key: v.Version, idx: i}
-	n.checkVersionString(id, pt.with("version"), v.Version)
-	n.checkSubject(id, pt.with("subject"), v.Subject, true)
-	n.checkRange(id, pt.with("timeout_ms"), v.TimeoutMS, MinTimeoutMS, MaxTimeoutMS)
-	n.checkRange(id, pt.with("retry"), v.Retry, MinRetry, MaxRetry)
+	n.broke(id, pt.with("version"), rules.Version(v.Version))
+	n.broke(id, pt.with("subject"), rules.Subject(v.Subject, true))
+	n.broke(id, pt.with("timeout_ms"), rules.TimeoutMS(v.TimeoutMS))
+	n.broke(id, pt.with("retry"), rules.Retry(v.Retry))
 }
 
 func (n *normalizer) checkInstance(id string, i int, in *Instance) {
 	pt := path{group: "instances", key: in.InstanceID, idx: i}
-	switch {
-	case in.InstanceID == "":
-		n.fail(id, pt.with("instance_id"), "must not be empty")
-	case len(in.InstanceID) > MaxInstanceIDLen:
-		n.fail(id, pt.with("instance_id"), "must be at most %d bytes (got %d)", MaxInstanceIDLen, len(in.InstanceID))
-	case !utf8.ValidString(in.InstanceID):
-		n.fail(id, pt.with("instance_id"), "must be valid UTF-8")
-	}
-	n.checkSubject(id, pt.with("subject"), in.Subject, false)
-	n.checkRange(id, pt.with("weight"), in.Weight, MinWeight, MaxWeight)
-	switch in.HealthStatus {
-	case HealthHealthy, HealthDegraded, HealthUnhealthy, HealthUnknown:
-	default:
-		n.fail(id, pt.with("health_status"), "must be one of healthy, degraded, unhealthy, unknown (got %q)", in.HealthStatus)
-	}
-}
-
-func (n *normalizer) checkRange(id string, pt path, v, lo, hi int) {
-	if v < lo || v > hi {
-		n.fail(id, pt, "must be between %d and %d (got %d)", lo, hi, v)
-	}
-}
-
-func (n *normalizer) checkVersionString(id string, pt path, v string) {
-	switch {
-	case v == "":
-		n.fail(id, pt, "must not be empty")
-	case len(v) > MaxVersionLen:
-		n.fail(id, pt, "must be at most %d bytes (got %d)", MaxVersionLen, len(v))
-	case !utf8.ValidString(v):
-		n.fail(id, pt, "must be valid UTF-8")
-	}
-}
-
-func (n *normalizer) checkSubject(id string, pt path, s string, versioned bool) {
-	if msg := subjectProblem(s, versioned); msg != "" {
-		n.fail(id, pt, "%s", msg)
-	}
-}
-
-const idPattern = "^[a-z0-9_.-]{1,255}$"
-
-func idProblem(id string) string {
-	if len(id) > MaxIDLen {
-		return fmt.Sprintf("must match %s (got %d bytes)", idPattern, len(id))
-	}
-	ok := id != ""
-	for i := 0; i < len(id) && ok; i++ {
-		c := id[i]
-		ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-'
-	}
-	if !ok {
-		return fmt.Sprintf("must match %s (got %q)", idPattern, id)
-	}
-	return ""
-}
-
-// subjectProblem describes why s is not an acceptable subject, or returns "".
-// versioned subjects must also end with a ".v<digits>" token.
-func subjectProblem(s string, versioned bool) string {
-	if s == "" {
-		return "must not be empty"
-	}
-	if len(s) > MaxSubjectLen {
-		return fmt.Sprintf("must be at most %d bytes (got %d)", MaxSubjectLen, len(s))
-	}
-	if !utf8.ValidString(s) {
-		return "must be valid UTF-8"
-	}
-	for _, r := range s {
-		switch {
-		case r == '*' || r == '>':
-			return fmt.Sprintf("must be a valid NATS subject: wildcards '*' and '>' are not allowed (got %q)", s)
-		case r <= ' ' || r == 0x7f || (r >= 0x80 && (unicode.IsSpace(r) || unicode.IsControl(r))):
-			return fmt.Sprintf("must be a valid NATS subject: whitespace and control characters are not allowed (got %q)", s)
-		}
-	}
-	if s[0] == '.' || s[len(s)-1] == '.' || strings.Contains(s, "..") {
-		return fmt.Sprintf("must be a valid NATS subject: tokens must not be empty (got %q)", s)
-	}
-	if versioned {
-		dot := strings.LastIndexByte(s, '.')
-		if dot < 0 || !isVTag(s[dot+1:]) {
-			return fmt.Sprintf(`must end with ".v<digits>" (got %q)`, s)
-		}
-	}
-	return ""
-}
-
-// isVTag reports whether s looks like v<digits>.
-func isVTag(s string) bool {
-	if len(s) < 2 || s[0] != 'v' {
-		return false
-	}
-	for i := 1; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return false
-		}
-	}
-	return true
+	n.broke(id, pt.with("instance_id"), rules.InstanceID(in.InstanceID))
+	n.broke(id, pt.with("subject"), rules.Subject(in.Subject, false))
+	n.broke(id, pt.with("weight"), rules.Weight(in.Weight))
+	n.broke(id, pt.with("health_status"), rules.HealthStatus(in.HealthStatus))
 }
 
 func jsonKind(c byte) string {
@@ -445,7 +356,7 @@ func (n *normalizer) rawCanon(id string, pt path, raw *json.RawMessage) bool {
 		return true
 	}
 	if r[0] != '{' {
-		n.fail(id, pt, "must be a JSON object (got %s)", jsonKind(r[0]))
+		n.broke(id, pt, &rules.Violation{Rule: rules.RuleObject, Msg: fmt.Sprintf("must be a JSON object (got %s)", jsonKind(r[0]))})
 		return false
 	}
 	return true
@@ -474,6 +385,10 @@ func (n *normalizer) rawCanonicalize(id string, pt path, raw *json.RawMessage, v
 	if err != nil {
 		n.ar.buf = out[:start]
 		*raw = nil
+		if se, ok := errors.AsType[*SyntaxError](err); ok && se.Rule != "" {
+			n.broke(id, pt, &rules.Violation{Rule: se.Rule, Msg: se.Error()})
+			return
+		}
 		n.fail(id, pt, "must be valid JSON: %v", err)
 		return
 	}
@@ -485,7 +400,7 @@ func (n *normalizer) rawCanonicalize(id string, pt path, raw *json.RawMessage, v
 	case c[0] != '{':
 		n.ar.buf = out[:start]
 		*raw = nil
-		n.fail(id, pt, "must be a JSON object (got %s)", jsonKind(c[0]))
+		n.broke(id, pt, &rules.Violation{Rule: rules.RuleObject, Msg: fmt.Sprintf("must be a JSON object (got %s)", jsonKind(c[0]))})
 	default:
 		n.ar.buf = out
 		n.ar.add(vi, f, start)
@@ -494,12 +409,12 @@ func (n *normalizer) rawCanonicalize(id string, pt path, raw *json.RawMessage, v
 
 // parseRules parses v.RoutingRules (a canonical JSON object) into v.rules.
 func (n *normalizer) parseRules(id string, pt path, v *Version) {
-	rules, msg := parseRules(&n.p, v.RoutingRules)
+	rs, msg := parseRules(&n.p, v.RoutingRules)
 	if msg != "" {
-		n.fail(id, pt, "%s", msg)
+		n.broke(id, pt, &rules.Violation{Rule: rules.RuleRoutingRules, Msg: msg})
 		return
 	}
-	v.rules = rules
+	v.rules = rs
 	v.parsed = true
 }
 

@@ -4,9 +4,11 @@ import (
 	"context"
 	"database/sql"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/beamline/registry-syncer/migrations"
+	"github.com/beamline/registry-syncer/rules"
 	"github.com/beamline/registry-syncer/test/harness"
 )
 
@@ -47,7 +50,7 @@ func emptySchema(t *testing.T, name string) string {
 }
 
 // allVersions are the migrations a new schema gets, in order.
-var allVersions = append([]int64{1, migrations.TriggersVersion, 3, migrations.ChannelVersion, 6}, migrations.TriggersReinstalled...)
+var allVersions = append([]int64{1, migrations.TriggersVersion, 3, migrations.ChannelVersion, 5, 6}, migrations.TriggersReinstalled...)
 
 func versions(states []migrations.State) []int64 {
 	var v []int64
@@ -160,13 +163,36 @@ func TestConstraintNamesSurvive(t *testing.T) {
 	if _, err := migrations.Up(ctx, db); err != nil {
 		t.Fatal(err)
 	}
-	src, err := os.ReadFile("00001_registry.sql")
+	// The names the SQL migrations leave: added by CONSTRAINT, removed by DROP CONSTRAINT,
+	// in migration order.
+	files, err := filepath.Glob("*.sql")
 	if err != nil {
 		t.Fatal(err)
 	}
+	sort.Strings(files)
 	var named []string
-	for _, m := range regexp.MustCompile(`CONSTRAINT\s+([a-z0-9_]+)`).FindAllStringSubmatch(string(src), -1) {
-		named = append(named, m[1])
+	for _, f := range files {
+		src, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		up, _, _ := strings.Cut(string(src), "-- +goose Down")
+		for _, m := range regexp.MustCompile(`(DROP\s+)?CONSTRAINT\s+([a-z0-9_]+)`).FindAllStringSubmatch(up, -1) {
+			if m[1] != "" {
+				named = slices.DeleteFunc(named, func(n string) bool { return n == m[2] })
+			} else {
+				named = append(named, m[2])
+			}
+		}
+	}
+	// Every rule of package rules is a constraint of that name.
+	for _, n := range rules.Constraints() {
+		if !slices.Contains(named, n) {
+			t.Errorf("rule constraint %s is in no migration", n)
+		}
+		if len(n) > 63 {
+			t.Errorf("constraint %s is %d bytes, over PostgreSQL's 63", n, len(n))
+		}
 	}
 	rows, err := db.QueryContext(ctx, `SELECT c.conname, t.relname, c.contype::text FROM pg_constraint c
 		JOIN pg_class t ON t.oid = c.conrelid WHERE t.relnamespace = current_schema()::regnamespace`)

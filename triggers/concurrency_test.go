@@ -164,7 +164,7 @@ func (wl *workload) op(ctx context.Context, tx pgx.Tx) (changed bool, err error)
 			err = errors.New("invalid subject was accepted")
 		}
 		var pe *pgconn.PgError
-		if errors.As(err, &pe) && pe.ConstraintName == "extensions_subject_nats_subject_without_wildcards_ending_vn" {
+		if errors.As(err, &pe) && pe.ConstraintName == "extensions_subject_nats_subject_ending_vn" {
 			err = errExpected
 		}
 	}

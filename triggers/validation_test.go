@@ -76,8 +76,8 @@ func TestValidationRefusesInvalidRows(t *testing.T) {
 	const (
 		idRule      = "extensions_id_lowercase_letters_digits_underscore_dash_dot"
 		typeRule    = "extensions_type_one_of_pre_validator_post_provider"
-		subjRule    = "extensions_subject_nats_subject_without_wildcards_ending_vn"
-		verSubjRule = "extension_versions_subject_nats_subject_without_wildcards_vn"
+		subjRule    = "extensions_subject_nats_subject_ending_vn"
+		verSubjRule = "extension_versions_subject_nats_subject_ending_vn"
 		rulesRule   = "extension_versions_routing_rules_values_strings_or_arrays"
 	)
 	long := func(n int) string { return strings.Repeat("a", n) }
@@ -98,20 +98,36 @@ func TestValidationRefusesInvalidRows(t *testing.T) {
 		{"subject gt inside", validExt.with("subject", "beamline.ext.>.v1"), subjRule},
 		{"subject empty token", validExt.with("subject", "beamline..pre.x.v1"), subjRule},
 		{"subject leading dot", validExt.with("subject", ".beamline.ext.pre.x.v1"), subjRule},
-		{"subject whitespace", validExt.with("subject", "beamline.ext.pre.normalize text.v1"), subjRule},
-		{"subject tab", validExt.with("subject", "beamline.ext.pre.x\t.v1"), subjRule},
+		{"subject whitespace", validExt.with("subject", "beamline.ext.pre.normalize text.v1"), "extensions_subject_without_whitespace_or_control"},
+		{"subject tab", validExt.with("subject", "beamline.ext.pre.x\t.v1"), "extensions_subject_without_whitespace_or_control"},
+
+		// The seven rows PostgreSQL accepted before migration 00005 and the router refused.
+		{"subject of 612 bytes in 512 characters", validExt.with("subject", "beamline.ext.pre."+strings.Repeat("é", 296)+".v1"), "extensions_subject_at_most_512_bytes"},
+		{"subject with U+0001", validExt.with("subject", "beamline.ext.pre.a\x01b.v1"), "extensions_subject_without_whitespace_or_control"},
+		{"subject with U+00A0", validExt.with("subject", "beamline.ext.pre.a\u00a0b.v1"), "extensions_subject_without_whitespace_or_control"},
+		{"version of 80 bytes in 40 characters", validExt.with("version", strings.Repeat("é", 40)), "extensions_version_at_most_64_bytes"},
+		{"config nested 300 deep", validExt.with("config", strings.Repeat(`{"a":`, 300)+"1"+strings.Repeat("}", 300)), "extensions_config_nesting_at_most_256"},
+		{"config number 1e400", validExt.with("config", `{"x": 1e400}`), "extensions_config_numbers_round_trip_doubles"},
+		{"instance_id of 400 bytes in 200 characters", validInst.with("instance_id", strings.Repeat("é", 200)), "extension_instances_instance_id_at_most_255_bytes"},
+		// And the number that reached routers rounded.
+		{"config number 12345678901234567891", validExt.with("config", `{"big": 12345678901234567891}`), "extensions_config_numbers_round_trip_doubles"},
+		{"metadata number 1e-400", validExt.with("metadata", `{"tiny": [1e-400]}`), "extensions_metadata_numbers_round_trip_doubles"},
+		{"version with a space", validExt.with("version", "v1 beta"), "extensions_version_without_whitespace_or_control"},
+		{"version row config too deep", validVer.with("config", `{"a":`+strings.Repeat("[", 256)+strings.Repeat("]", 256)+"}"), "extension_versions_config_nesting_at_most_256"},
+		{"version row metadata 0.1000000000000000000001", validVer.with("metadata", `{"x": 0.1000000000000000000001}`), "extension_versions_metadata_numbers_round_trip_doubles"},
+		{"instance_id with U+3000", validInst.with("instance_id", "i\u3000"), "extension_instances_instance_id_without_whitespace_or_control"},
 		{"subject no version", validExt.with("subject", "beamline.ext.pre.normalize_text"), subjRule},
 		{"subject version without number", validExt.with("subject", "beamline.ext.pre.normalize_text.v"), subjRule},
 		{"subject version only", validExt.with("subject", "v1"), subjRule},
 		{"subject empty", validExt.with("subject", ""), subjRule},
-		{"subject 513 chars", validExt.with("subject", long(510)+".v1"), "extensions_subject_at_most_512_chars"},
+		{"subject 513 chars", validExt.with("subject", long(510)+".v1"), "extensions_subject_at_most_512_bytes"},
 		{"timeout 9", validExt.with("timeout_ms", 9), "extensions_timeout_ms_between_10_and_5000"},
 		{"timeout 5001", validExt.with("timeout_ms", 5001), "extensions_timeout_ms_between_10_and_5000"},
 		{"timeout 0", validExt.with("timeout_ms", 0), "extensions_timeout_ms_between_10_and_5000"},
 		{"retry -1", validExt.with("retry", -1), "extensions_retry_between_0_and_3"},
 		{"retry 4", validExt.with("retry", 4), "extensions_retry_between_0_and_3"},
 		{"version empty", validExt.with("version", ""), "extensions_version_not_empty"},
-		{"version 65 chars", validExt.with("version", long(65)), "extensions_version_at_most_64_chars"},
+		{"version 65 chars", validExt.with("version", long(65)), "extensions_version_at_most_64_bytes"},
 		{"config array", validExt.with("config", `[1, 2]`), "extensions_config_json_object"},
 		{"config string", validExt.with("config", `"text"`), "extensions_config_json_object"},
 		{"config null", validExt.with("config", `null`), "extensions_config_json_object"},
@@ -120,9 +136,9 @@ func TestValidationRefusesInvalidRows(t *testing.T) {
 
 		{"version row subject wildcard", validVer.with("subject", "beamline.ext.pre.*.v9"), verSubjRule},
 		{"version row subject no version", validVer.with("subject", "beamline.ext.pre.base"), verSubjRule},
-		{"version row subject 513 chars", validVer.with("subject", long(510)+".v9"), "extension_versions_subject_at_most_512_chars"},
+		{"version row subject 513 chars", validVer.with("subject", long(510)+".v9"), "extension_versions_subject_at_most_512_bytes"},
 		{"version row version empty", validVer.with("version", ""), "extension_versions_version_not_empty"},
-		{"version row version 65 chars", validVer.with("version", long(65)), "extension_versions_version_at_most_64_chars"},
+		{"version row version 65 chars", validVer.with("version", long(65)), "extension_versions_version_at_most_64_bytes"},
 		{"version row timeout 9", validVer.with("timeout_ms", 9), "extension_versions_timeout_ms_between_10_and_5000"},
 		{"version row timeout 5001", validVer.with("timeout_ms", 5001), "extension_versions_timeout_ms_between_10_and_5000"},
 		{"version row retry -1", validVer.with("retry", -1), "extension_versions_retry_between_0_and_3"},
@@ -140,10 +156,10 @@ func TestValidationRefusesInvalidRows(t *testing.T) {
 		{"instance weight 101", validInst.with("weight", 101), "extension_instances_weight_between_0_and_100"},
 		{"instance health bad", validInst.with("health_status", "bad"), "extension_instances_health_healthy_degraded_unhealthy_unknown"},
 		{"instance id empty", validInst.with("instance_id", ""), "extension_instances_instance_id_not_empty"},
-		{"instance id 256 chars", validInst.with("instance_id", long(256)), "extension_instances_instance_id_at_most_255_chars"},
-		{"instance subject wildcard", validInst.with("subject", "beamline.ext.pre.base.*"), "extension_instances_subject_nats_subject_without_wildcards"},
-		{"instance subject empty token", validInst.with("subject", "beamline..x"), "extension_instances_subject_nats_subject_without_wildcards"},
-		{"instance subject 513 chars", validInst.with("subject", long(513)), "extension_instances_subject_at_most_512_chars"},
+		{"instance id 256 chars", validInst.with("instance_id", long(256)), "extension_instances_instance_id_at_most_255_bytes"},
+		{"instance subject wildcard", validInst.with("subject", "beamline.ext.pre.base.*"), "extension_instances_subject_nats_subject"},
+		{"instance subject empty token", validInst.with("subject", "beamline..x"), "extension_instances_subject_nats_subject"},
+		{"instance subject 513 chars", validInst.with("subject", long(513)), "extension_instances_subject_at_most_512_bytes"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -236,6 +252,12 @@ func TestValidationAcceptsBoundaries(t *testing.T) {
 		{"health unhealthy", validInst.with("instance_id", "hu", "health_status", "unhealthy")},
 		{"health unknown", validInst.with("instance_id", "hk", "health_status", "unknown")},
 		{"instance subject without version", validInst.with("instance_id", "nv", "subject", "beamline.ext.pre.base.node1")},
+		{"subject of 512 bytes in multibyte characters", validExt.with("id", "mb", "subject", "beamline.ext.pre."+strings.Repeat("é", 246)+".v1")},
+		{"subject with non-ASCII letters", validExt.with("id", "na", "subject", "beamline.ext.pre.größe.v1")},
+		{"version of 64 bytes in 32 characters", validExt.with("id", "v32", "version", strings.Repeat("é", 32))},
+		{"instance_id of 255 bytes", validInst.with("instance_id", strings.Repeat("é", 127)+"a")},
+		{"config nested 256 deep", validExt.with("id", "deep", "config", strings.Repeat(`{"a":`, 255)+"[]"+strings.Repeat("}", 255))},
+		{"config numbers that round-trip", validExt.with("id", "num", "config", `{"a": 0.1, "b": 1.0, "c": 1e2, "d": -0, "e": 9007199254740992, "f": 1.7976931348623157e308, "g": 5e-324, "h": 12345678901234567000, "i": [0.30000000000000004]}`)},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

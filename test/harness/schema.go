@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/beamline/registry-syncer/migrations"
+	"github.com/beamline/registry-syncer/rules"
 )
 
 // Schema is a migrated registry in a schema of its own, for one test.
@@ -89,4 +90,17 @@ func PG(tb testing.TB) *Postgres {
 		tb.Fatal("harness.PG: call harness.MainPostgres from TestMain")
 	}
 	return p
+}
+
+// UndoRules runs the Down section of migration 00005 (rules.Down) in the schema: the
+// registry as it was before 00005, which accepts rows the router side refuses (a 612-byte
+// subject of multibyte characters, U+00A0 in a subject, 1e400 in a config, …). For tests
+// of what the syncer does with such rows in a database not migrated yet.
+func (s *Schema) UndoRules(tb testing.TB) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := s.Pool.Exec(ctx, rules.Down()); err != nil {
+		tb.Fatalf("undo migration 00005 in %s: %v", s.Name, err)
+	}
 }
