@@ -97,7 +97,7 @@ type CallStats struct {
 }
 
 // Extension merges the targets of one extension (Target "").
-func (s *CallStats) Extension(id string) TargetStats {
+func (s CallStats) Extension(id string) TargetStats {
 	out := TargetStats{Extension: id, Outcomes: map[string]uint64{}, Latency: newSketch()}
 	for i := range s.Targets {
 		t := &s.Targets[i]
