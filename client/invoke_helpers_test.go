@@ -23,7 +23,7 @@ type invokeBundle struct {
 	nc  *nats.Conn // the responders' connection
 }
 
-func setupInvoke(t *testing.T, exts ...*cache.Extension) *invokeBundle {
+func setupInvoke(t testing.TB, exts ...*cache.Extension) *invokeBundle {
 	t.Helper()
 	srv := harness.NewNATS(t, harness.NATSOptions{})
 	src := newSource(t, srv, 0, "")
@@ -40,7 +40,7 @@ func setupInvoke(t *testing.T, exts ...*cache.Extension) *invokeBundle {
 }
 
 // update publishes new versions of extensions and waits for the client to serve them.
-func (b *invokeBundle) update(t *testing.T, exts ...*cache.Extension) {
+func (b *invokeBundle) update(t testing.TB, exts ...*cache.Extension) {
 	t.Helper()
 	var changes []cache.Change
 	for _, e := range exts {
@@ -92,7 +92,7 @@ type responder struct {
 	got      chan struct{} // receives a value per arrival (buffered)
 }
 
-func (b *invokeBundle) respond(t *testing.T, subject string, reply string) *responder {
+func (b *invokeBundle) respond(t testing.TB, subject string, reply string) *responder {
 	t.Helper()
 	r := &responder{tb: t, got: make(chan struct{}, 10000)}
 	r.set(reply)
