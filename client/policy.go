@@ -36,10 +36,10 @@ const (
 type BreakerConfig struct {
 	FailureThreshold    int           `json:"failure_threshold"`
 	ErrorRateThreshold  float64       `json:"error_rate_threshold"`
-	Window              time.Duration `json:"window"`
+	Window              time.Duration `json:"window_ns"`
 	HalfOpenMaxRequests int           `json:"half_open_max_requests"`
 	MinRequests         int           `json:"min_requests"`
-	OpenTimeout         time.Duration `json:"open_timeout"`
+	OpenTimeout         time.Duration `json:"open_timeout_ns"`
 }
 
 // policy is what an extension's metadata says about how to invoke it.

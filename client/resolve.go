@@ -5,6 +5,8 @@ type Plan struct {
 	Extension string `json:"extension"`
 	Type      string `json:"type"`
 	Version   string `json:"version"`
+	// VersionSubject is the selected version's subject.
+	VersionSubject string `json:"version_subject"`
 	// Subject is the subject Invoke would call now (the chosen instance's, or
 	// the version's); Target is the instance id, or the subject when the
 	// extension has no instance.
@@ -50,7 +52,7 @@ func (c *Client) Resolve(id string, attrs map[string]string, stickyKey string) (
 		return nil, ierr
 	}
 	r, ierr := inv.route(e, p, &Request{StickyKey: stickyKey}, attrs)
-	plan := &Plan{Extension: id, Type: e.Type, Version: r.choice.Version, Subject: r.subject, Target: r.target,
+	plan := &Plan{Extension: id, Type: e.Type, Version: r.choice.Version, VersionSubject: r.choice.Subject, Subject: r.subject, Target: r.target,
 		TimeoutMS: r.choice.TimeoutMS, Retry: r.choice.Retry, StickyKey: r.stickKey, Instances: []PlanInstance{},
 		Breaker: p.breaker, BreakerState: inv.breakerState(id, r.target),
 		MaxPayloadBytes: p.maxPayload, MaxMetadataBytes: p.maxMetadata, Problems: p.problems}

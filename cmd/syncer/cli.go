@@ -46,6 +46,8 @@ func init() {
 		{"migrate", "[status]", "apply pending schema migrations (idempotent); status lists every migration", cmdMigrate},
 		{"fixtures", "import [DIR] | export DIR | verify [DIR]", "import fixture files into the database, export the database as fixture files, or verify that they match (exit 1 on differences)", cmdFixtures},
 		{"watch", "[--json] [--dump] [--once] [--timeout D]", "subscribe exactly like a router and print each applied revision (--json: one object per revision; --dump --once: print the current snapshot and exit)", cmdWatch},
+		{"resolve", "ID [--attr k=v]... [--sticky KEY] [--json] [--timeout D]", "print what a router would call for extension ID and these request attributes (version, subject, timeout, retry, instances with weights, health and shares, breaker), without calling it", cmdResolve},
+		{"invoke", "ID [--attr k=v]... [--payload JSON] [--metadata JSON] [--sticky KEY] [--count N --rate R] [--json] [--timeout D]", "call extension ID exactly as a router does (client.Invoke: selection, circuit breaker, timeout, retries) and print each result and a summary (outcomes, p50/p95/p99); exit 1 if a call failed", cmdInvoke},
 		{"dev", "[--dir DIR]", "everything on this machine: a private PostgreSQL, an embedded NATS with JetStream, migrations, the default fixtures and the syncer", cmdDev},
 		{"help", "", "show this help and the environment variables", cmdHelp},
 	}
