@@ -622,3 +622,36 @@ func TestPolicyFromMetadata(t *testing.T) {
 		t.Errorf("problems %q", p.problems)
 	}
 }
+
+// TestBreakerWindowRolls: failures older than window_seconds no longer count
+// towards the error rate.
+func TestBreakerWindowRolls(t *testing.T) {
+	t.Parallel()
+	e := ext("roll", cache.TypePost)
+	e.Metadata = json.RawMessage(`{"circuit_breaker":{"window_seconds":0.3,"min_requests":4,"failure_threshold":100}}`)
+	b := setupInvoke(t, e)
+	r := b.respond(t, e.Subject, `[]`)
+	for range 3 {
+		_, _ = b.invoke(t, "roll", Request{}, nil)
+	}
+	br := b.c.invokerOf().breakers.peek("roll", e.Subject)
+	if c := br.cb.Counts(); c.TotalFailures != 3 {
+		t.Fatalf("counts %+v, want 3 failures", c)
+	}
+	waitFor(t, "the failures to leave the window", func() bool {
+		_ = br.cb.State() // advances the rolling window; Counts alone does not
+		return br.cb.Counts().TotalFailures == 0
+	})
+	// 1 failure in 4 calls now: 25%, below the threshold (3 more failures would have been 4 of 4).
+	r.set(`{}`)
+	for range 3 {
+		if _, err := b.invoke(t, "roll", Request{}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.set(`[]`)
+	_, _ = b.invoke(t, "roll", Request{}, nil)
+	if s := stateName(br.cb.State()); s != BreakerClosed {
+		t.Errorf("breaker %s after the window rolled, want closed", s)
+	}
+}
