@@ -62,6 +62,17 @@ func (bs *breakers) peek(extension, target string) *breaker {
 	return bs.m[targetKey{extension, target}]
 }
 
+// prune drops the breakers whose target no longer exists (keep reports false).
+func (bs *breakers) prune(keep func(extension, target string) bool) {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	for k := range bs.m {
+		if !keep(k.extension, k.target) {
+			delete(bs.m, k)
+		}
+	}
+}
+
 func (bs *breakers) each(f func(*breaker)) {
 	bs.mu.RLock()
 	list := make([]*breaker, 0, len(bs.m))

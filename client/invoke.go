@@ -477,13 +477,51 @@ func decodeReply(typ string, data []byte, res *Result) error {
 	return nil
 }
 
+// prune forgets the breakers and cached policies of targets and extensions the
+// snapshot no longer has, so that a removed instance's breaker state is not
+// reported for ever. Called from CallStats and at each scrape.
+func (inv *invoker) prune() {
+	s := inv.c.snap.Load()
+	if s == nil {
+		return
+	}
+	inv.policies.Range(func(k, v any) bool {
+		if e, ok := s.Get(k.(string)); !ok || e != v.(*policyEntry).ext {
+			inv.policies.Delete(k)
+		}
+		return true
+	})
+	inv.breakers.prune(func(ext, target string) bool {
+		e, ok := s.Get(ext)
+		if !ok {
+			return false
+		}
+		if target == e.Subject {
+			return true
+		}
+		for i := range e.Instances {
+			if e.Instances[i].InstanceID == target {
+				return true
+			}
+		}
+		for i := range e.Versions {
+			if e.Versions[i].Subject == target {
+				return true
+			}
+		}
+		return false
+	})
+}
+
 // CallStats returns the calls of every target since the previous CallStats
 // (or since the client was created) and starts counting anew: counts by
 // outcome, retries, the breaker state now, and a latency sketch per target.
 // It is meant for one consumer (the router's periodic report); Prometheus
-// metrics (Collector) are cumulative and unaffected.
+// metrics (Collector) are cumulative and unaffected. Breakers of targets the
+// snapshot no longer has are forgotten here and at each scrape.
 func (c *Client) CallStats() CallStats {
 	inv := c.invokerOf()
+	inv.prune()
 	return inv.rec.take(func(ext, target string) string {
 		if b := inv.breakers.peek(ext, target); b != nil {
 			return stateName(b.cb.State())

@@ -655,3 +655,72 @@ func TestBreakerWindowRolls(t *testing.T) {
 		t.Errorf("breaker %s after the window rolled, want closed", s)
 	}
 }
+
+// TestInvokeConcurrent: many goroutines invoking while the snapshot changes,
+// statistics are taken and metrics scraped (run with -race); a removed
+// instance's breaker is forgotten.
+func TestInvokeConcurrent(t *testing.T) {
+	t.Parallel()
+	e := ext("conc", cache.TypePost, inst("a", 1, cache.HealthHealthy), inst("b", 1, cache.HealthHealthy))
+	b := setupInvoke(t, e)
+	b.respond(t, "beamline.inst.a", `{}`)
+	b.respond(t, "beamline.inst.b", `{}`)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(b.c.Collector())
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var total uint64
+	stop := make(chan struct{})
+	for range 8 {
+		wg.Go(func() {
+			for range 100 {
+				if _, err := b.invoke(t, "conc", Request{}, map[string]string{"tenant_id": "t1"}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			s := b.c.CallStats()
+			mu.Lock()
+			for _, ts := range s.Targets {
+				total += ts.Calls
+			}
+			mu.Unlock()
+			if _, err := reg.Gather(); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	e2 := ext("conc", cache.TypePost, inst("a", 1, cache.HealthHealthy), inst("b", 1, cache.HealthDegraded))
+	b.update(t, e2)
+	waitFor(t, "800 calls", func() bool {
+		return testutil.ToFloat64(b.c.invokerOf().rec.calls.WithLabelValues("conc", "a", OutcomeSuccess))+
+			testutil.ToFloat64(b.c.invokerOf().rec.calls.WithLabelValues("conc", "b", OutcomeSuccess)) == 800
+	})
+	close(stop)
+	wg.Wait()
+	for _, ts := range b.c.CallStats().Targets {
+		total += ts.Calls
+	}
+	if total != 800 {
+		t.Errorf("CallStats counted %d calls over all takes, want 800", total)
+	}
+
+	// b is removed: its breaker (and circuit_state series) goes.
+	b.update(t, ext("conc", cache.TypePost, inst("a", 1, cache.HealthHealthy)))
+	_ = b.c.CallStats()
+	if br := b.c.invokerOf().breakers.peek("conc", "b"); br != nil {
+		t.Error("the removed instance's breaker is still there")
+	}
+	if br := b.c.invokerOf().breakers.peek("conc", "a"); br == nil {
+		t.Error("the remaining instance's breaker was dropped")
+	}
+}

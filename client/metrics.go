@@ -81,5 +81,6 @@ func (m *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(m.applied, prometheus.CounterValue, float64(c.applied.Load()))
 	m.lag.Collect(ch)
 	inv := c.invokerOf()
+	inv.prune()
 	inv.rec.collect(ch, &inv.breakers)
 }
