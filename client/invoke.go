@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/sony/gobreaker/v2"
@@ -344,20 +345,86 @@ func encodeRequest(r *route, req *Request) ([]byte, *InvokeError) {
 	if n := len(req.Metadata); n > r.pol.maxMetadata {
 		return nil, fail(fmt.Sprintf("metadata is %d bytes, over the limit of %d", n, r.pol.maxMetadata), nil)
 	}
-	w := wireRequest{TraceID: req.TraceID, TenantID: req.TenantID, Payload: req.Payload, Metadata: req.Metadata}
-	if len(w.Payload) == 0 {
-		w.Payload = json.RawMessage("null")
+	payload, metadata := req.Payload, req.Metadata
+	if len(payload) == 0 {
+		payload = json.RawMessage("null")
 	}
-	if len(w.Metadata) == 0 {
-		w.Metadata = json.RawMessage("{}")
-	} else if !isObject(w.Metadata) {
+	if len(metadata) == 0 {
+		metadata = json.RawMessage("{}")
+	} else if !isObject(metadata) {
 		return nil, fail("metadata is not a JSON object", nil)
 	}
-	body, err := json.Marshal(&w)
-	if err != nil {
-		return nil, fail("payload or metadata is not valid JSON", err)
+	if !json.Valid(payload) || !json.Valid(metadata) {
+		return nil, fail("payload or metadata is not valid JSON", nil)
 	}
+	// Written by hand (the same bytes as json.Marshal of a wireRequest, but for
+	// the raw values, which are sent as given): a third of encoding/json's cost.
+	body := make([]byte, 0, len(payload)+len(metadata)+len(req.TraceID)+len(req.TenantID)+64)
+	body = append(body, `{"trace_id":`...)
+	body = appendJSONString(body, req.TraceID)
+	body = append(body, `,"tenant_id":`...)
+	body = appendJSONString(body, req.TenantID)
+	body = append(body, `,"payload":`...)
+	body = append(body, payload...)
+	body = append(body, `,"metadata":`...)
+	body = append(body, metadata...)
+	body = append(body, '}')
 	return body, nil
+}
+
+// appendJSONString appends s as a JSON string, escaped as encoding/json does
+// (invalid UTF-8 becomes U+FFFD; <, >, & are escaped too).
+func appendJSONString(dst []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	dst = append(dst, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
+				i++
+				continue
+			}
+			dst = append(dst, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				dst = append(dst, '\\', c)
+			case '\n':
+				dst = append(dst, '\\', 'n')
+			case '\r':
+				dst = append(dst, '\\', 'r')
+			case '\t':
+				dst = append(dst, '\\', 't')
+			case '\b':
+				dst = append(dst, '\\', 'b')
+			case '\f':
+				dst = append(dst, '\\', 'f')
+			default:
+				dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		if r == '\u2028' || r == '\u2029' {
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, '\\', 'u', '2', '0', '2', hex[r&0xf])
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
 }
 
 // call makes the NATS request(s) of one call and decodes the reply into res.

@@ -724,3 +724,26 @@ func TestInvokeConcurrent(t *testing.T) {
 		t.Error("the remaining instance's breaker was dropped")
 	}
 }
+
+// TestEncodeRequestMatchesEncodingJSON: the hand-written request encoder gives
+// the bytes encoding/json gives.
+func TestEncodeRequestMatchesEncodingJSON(t *testing.T) {
+	t.Parallel()
+	e := ext("enc", cache.TypePost)
+	r := route{ext: e, pol: &policy{maxPayload: 1 << 20, maxMetadata: 1 << 16}}
+	for _, s := range []string{"", "plain", `q"uote\back`, "ctl\x00\x01\x1f\n\r\t\b\f", "<html>&amp;", "ünïcødé ✓ 🚀",
+		"bad\xffutf8\xc3", "line\u2028sep\u2029", strings.Repeat("x", 300)} {
+		req := Request{TraceID: s, TenantID: s + "t", Payload: json.RawMessage(`{"a":[1,2]}`), Metadata: json.RawMessage(`{"k":"v"}`)}
+		got, ierr := encodeRequest(&r, &req)
+		if ierr != nil {
+			t.Fatal(ierr)
+		}
+		want, err := json.Marshal(wireRequest{TraceID: req.TraceID, TenantID: req.TenantID, Payload: req.Payload, Metadata: req.Metadata})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != string(want) {
+			t.Errorf("%q:\n got %s\nwant %s", s, got, want)
+		}
+	}
+}
