@@ -131,10 +131,14 @@ func TestCLIResolve(t *testing.T) {
 		{[]string{"resolve", "a", "b"}, exitUsage, `unexpected argument "b"`},
 		{[]string{"resolve", "a", "--attr", "novalue"}, exitUsage, `want k=v, got "novalue"`},
 		{[]string{"resolve", "-h"}, exitOK, ""},
+		{[]string{"help"}, exitOK, ""},
 	} {
 		r := runCLI(t, context.Background(), env, tt.args...)
 		if r.code != tt.code || !strings.Contains(r.stderr, tt.stderr) {
 			t.Errorf("%v: exit %d, want %d with %q", tt.args, r.code, tt.code, tt.stderr)
+		}
+		if tt.args[0] == "help" && (!strings.Contains(r.stdout, "resolve ID [--attr k=v]...") || !strings.Contains(r.stdout, "invoke ID [--attr k=v]...")) {
+			t.Error("syncer help does not list resolve and invoke")
 		}
 	}
 
