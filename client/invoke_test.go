@@ -747,3 +747,22 @@ func TestEncodeRequestMatchesEncodingJSON(t *testing.T) {
 		}
 	}
 }
+
+// TestStickyHashGolden pins the sticky hash of PROTOCOL.md's appendix (the
+// values were checked against an independent implementation of the text): a
+// change would send every tenant elsewhere, and routers of two versions apart.
+func TestStickyHashGolden(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		key, instance string
+		want          uint64
+	}{
+		{"", "", 0x25fc6dd36ce04b20},
+		{"t1", "i1", 0x929faa52d290d8e4},
+		{"tenant-42", "normalize_text-7", 0x6a1f7872469bdae},
+	} {
+		if got := stickyHash(tt.key, tt.instance); got != tt.want {
+			t.Errorf("stickyHash(%q, %q) = %#x, want %#x", tt.key, tt.instance, got, tt.want)
+		}
+	}
+}
