@@ -82,7 +82,7 @@ func (f *callFlags) parse(args []string) (string, error) {
 // routerClient connects to NATS and bootstraps a client exactly as `syncer watch`
 // does (the same environment), waiting up to wait for the current snapshot. The
 // returned func stops the client and closes the connection.
-func routerClient(ctx context.Context, e *env, cfg *config, log *slog.Logger, wait time.Duration, cmd string) (*client.Client, func(), error) {
+func routerClient(ctx context.Context, cfg *config, log *slog.Logger, wait time.Duration, cmd string) (*client.Client, func(), error) {
 	nc, closed, err := connectNATS(ctx, cfg, log, false)
 	if err != nil {
 		return nil, nil, err
@@ -97,18 +97,25 @@ func routerClient(ctx context.Context, e *env, cfg *config, log *slog.Logger, wa
 		closeNC()
 		return nil, nil, err
 	}
-	startCtx, cancel := context.WithTimeout(ctx, wait)
-	defer cancel()
-	if err := cl.Start(startCtx); err != nil {
+	// The client keeps following the registry after Start (a long invoke --count sees
+	// changes), so its context is ctx; only the wait for the first snapshot is bounded.
+	runCtx, cancel := context.WithCancel(ctx)
+	timer := time.AfterFunc(wait, cancel)
+	err = cl.Start(runCtx)
+	if err == nil && !timer.Stop() {
+		err = runCtx.Err() // the timer fired as Start returned: the client is stopping
+	}
+	if err != nil {
+		cancel()
 		cl.Stop()
 		closeNC()
-		if ctx.Err() == nil && startCtx.Err() != nil {
+		if ctx.Err() == nil && runCtx.Err() != nil {
 			return nil, nil, fmt.Errorf("%s: no registry snapshot on %s.* within %s (is a syncer running, and does EXTENSION_REGISTRY_SUBJECT_PREFIX match?)",
 				cmd, cfg.Publisher.Prefix, wait)
 		}
 		return nil, nil, fmt.Errorf("%s: %w", cmd, err)
 	}
-	return cl, func() { cl.Stop(); closeNC() }, nil
+	return cl, func() { cancel(); cl.Stop(); closeNC() }, nil
 }
 
 // cmdResolve prints what a router would call for an extension and request
@@ -124,7 +131,7 @@ func cmdResolve(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	log := newLogger(e.stderr, cfg)
-	cl, done, err := routerClient(ctx, e, cfg, log, *f.wait, "resolve")
+	cl, done, err := routerClient(ctx, cfg, log, *f.wait, "resolve")
 	if err != nil {
 		return err
 	}
@@ -263,7 +270,7 @@ func cmdInvoke(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	log := newLogger(e.stderr, cfg)
-	cl, done, err := routerClient(ctx, e, cfg, log, *f.wait, "invoke")
+	cl, done, err := routerClient(ctx, cfg, log, *f.wait, "invoke")
 	if err != nil {
 		return err
 	}
