@@ -14,6 +14,7 @@ import (
 // BenchmarkInvoke compares Invoke with a bare nc.Request to the same responder
 // on the same in-process server, in the same run: the difference is what
 // selection, the breaker, encoding, reply validation and the statistics cost.
+// On a shared machine read "interleaved" (both timed in every iteration).
 func BenchmarkInvoke(b *testing.B) {
 	e := ext("bench", cache.TypePost, instBench("a", 60), instBench("b", 40))
 	bb := setupInvoke(b, e)
@@ -47,6 +48,27 @@ func BenchmarkInvoke(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
+	})
+	// Interleaved: one bare request and one Invoke per iteration, timed apart,
+	// so that the load of a shared machine weighs on both alike.
+	b.Run("interleaved", func(b *testing.B) {
+		var bare, inv time.Duration
+		for b.Loop() {
+			t0 := time.Now()
+			if _, err := nc.Request("beamline.inst.a", wire, 5*time.Second); err != nil {
+				b.Fatal(err)
+			}
+			t1 := time.Now()
+			if _, err := bb.c.Invoke(ctx, "bench", req, attrs); err != nil {
+				b.Fatal(err)
+			}
+			bare, inv = bare+t1.Sub(t0), inv+time.Since(t1)
+		}
+		n := float64(b.N)
+		b.ReportMetric(float64(bare.Nanoseconds())/n, "bare-ns/op")
+		b.ReportMetric(float64(inv.Nanoseconds())/n, "invoke-ns/op")
+		b.ReportMetric(float64(inv-bare)/n, "overhead-ns/op")
+		b.ReportMetric(float64(inv)/float64(bare), "ratio")
 	})
 	b.Run("invoke_sticky", func(b *testing.B) {
 		b.ReportAllocs()
