@@ -475,7 +475,7 @@ func callerGone(ctx context.Context) error {
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		code = CodeExtensionTimeout
 	}
-	return &InvokeError{Code: code, Reason: "the caller's context ended", Err: errors.Join(errCallerGone, ctx.Err())}
+	return &InvokeError{Code: code, Err: fmt.Errorf("%w: %w", errCallerGone, ctx.Err())}
 }
 
 func isObject(b []byte) bool {

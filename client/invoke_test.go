@@ -534,13 +534,16 @@ func TestInvokeRetries(t *testing.T) {
 		t.Errorf("no responders: %v (attempts %d), want extension_error after 1", err, ie.Attempts)
 	}
 
-	// The caller's deadline ends the backoff: 50 ms timeout, then the deadline at 80 ms.
-	ctx, cancel := context.WithTimeout(context.Background(), 80*time.Millisecond)
+	// The caller's deadline ends the backoff: attempts at 0 and 150 ms, the second
+	// backoff from 200 to 400 ms, the deadline at 250 ms.
+	ctx, cancel := context.WithTimeout(context.Background(), 250*time.Millisecond)
 	defer cancel()
 	start = time.Now()
 	_, err = b.c.Invoke(ctx, "slow", Request{}, nil)
-	if d := time.Since(start); code(t, err) != CodeExtensionTimeout || d > 145*time.Millisecond {
-		t.Errorf("with an 80 ms deadline: %v after %s, want extension_timeout before the 150 ms retry", err, d)
+	d := time.Since(start)
+	t.Logf("with a 250 ms deadline: %v after %s", err, d)
+	if code(t, err) != CodeExtensionTimeout || d < 250*time.Millisecond || d >= 390*time.Millisecond {
+		t.Errorf("with a 250 ms deadline: %v after %s, want extension_timeout at the deadline, before the backoff's end at 400 ms", err, d)
 	}
 	if plan, _ := b.c.Resolve("slow", nil, ""); plan.BreakerState != BreakerClosed {
 		t.Errorf("breaker %s", plan.BreakerState)
