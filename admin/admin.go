@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/beamline/registry-syncer/protocol"
 	"github.com/beamline/registry-syncer/syncer"
 )
 
@@ -40,6 +41,9 @@ type Config struct {
 	Status func() syncer.Status
 	// ForceSync runs a full sync and returns when it is done.
 	ForceSync func(ctx context.Context) error
+	// Routers returns the leader's fleet view for GET /admin/routers (nil: 404); an error
+	// (not the leader) answers 503.
+	Routers func() (*protocol.FleetStatus, error)
 	// Logger receives the server's logs (default: discarded).
 	Logger *slog.Logger
 	// SyncTimeout bounds one forced sync (default 2m).
@@ -113,6 +117,9 @@ func New(cfg Config) (*Server, error) {
 	mux.HandleFunc("GET /healthz", s.healthz)
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.HandleFunc("POST /admin/sync", s.forceSync)
+	if cfg.Routers != nil {
+		mux.HandleFunc("GET /admin/routers", s.routers)
+	}
 	s.handler = mux
 	return s, nil
 }
@@ -264,4 +271,15 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(v)
+}
+
+// routers serves the leader's view of the routers (read-only, no token: it is what
+// `syncer status` shows to anyone with NATS access).
+func (s *Server) routers(w http.ResponseWriter, _ *http.Request) {
+	fs, err := s.cfg.Routers()
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, fs)
 }

@@ -3,9 +3,10 @@ package client
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/beamline/registry-syncer/cache"
 	"github.com/beamline/registry-syncer/protocol"
@@ -30,6 +31,12 @@ func benchClient(b *testing.B, n int) *Client {
 	c.loop.timer.Stop()
 	c.install(nil, snap, nil)
 	return c
+}
+
+func natsMsg(data []byte) *nats.Msg {
+	m := nats.NewMsg("x")
+	m.Data = data
+	return m
 }
 
 func benchIDs(n int) []string {
@@ -75,52 +82,122 @@ func BenchmarkByType(b *testing.B) {
 	}
 }
 
-// BenchmarkApplyDelta measures the live path of a one-row delta: decode,
-// Apply, checksum and count verification, install (encoding the message is
-// excluded).
+// BenchmarkApplyDelta measures the live path of a one-row delta: signature
+// verification (verify) or not (noverify, the same path after it), decode,
+// Apply, checksum and count verification, install (encoding and signing the
+// message are excluded).
 func BenchmarkApplyDelta(b *testing.B) {
+	signer, _, err := protocol.GenerateSigner()
+	if err != nil {
+		b.Fatal(err)
+	}
 	for _, n := range []int{10_000, 100_000} {
-		b.Run(strconv.Itoa(n), func(b *testing.B) {
-			c := benchClient(b, n)
-			base := c.Snapshot()
-			e, _ := base.Get("ext.000042")
-			var changes [2][]cache.Change
-			var sums [2]string
-			for k, timeout := range []int{111, 222} {
-				cp := *e
-				cp.TimeoutMS = timeout
-				raw, err := cache.Canonical(&cp)
-				if err != nil {
-					b.Fatal(err)
-				}
-				changes[k] = []cache.Change{{Op: cache.OpPut, Kind: cache.KindAggregate, ID: cp.ID, Value: raw}}
-				next, _, err := base.Apply(2, protocol.SourceDatabase, changes[k])
-				if err != nil {
-					b.Fatal(err)
-				}
-				sums[k] = next.Checksum()
-			}
-			ctx := context.Background()
-			live := c.names.Live()
-			rev := base.Revision()
+		for _, verify := range []bool{true, false} {
+			b.Run(fmt.Sprintf("%d/%s", n, map[bool]string{true: "verify", false: "noverify"}[verify]), func(b *testing.B) {
+				benchApplyDelta(b, n, signer, verify)
+			})
+		}
+	}
+}
+
+func benchApplyDelta(b *testing.B, n int, signer *protocol.Signer, verify bool) {
+	c := benchClient(b, n)
+	trust, err := protocol.NewTrust(signer.PublicKey())
+	if err != nil {
+		b.Fatal(err)
+	}
+	c.trust.Store(trust)
+	c.reader.Trust = trust
+	base := c.Snapshot()
+	e, _ := base.Get("ext.000042")
+	var changes [2][]cache.Change
+	var sums [2]string
+	for k, timeout := range []int{111, 222} {
+		cp := *e
+		cp.TimeoutMS = timeout
+		raw, err := cache.Canonical(&cp)
+		if err != nil {
+			b.Fatal(err)
+		}
+		changes[k] = []cache.Change{{Op: cache.OpPut, Kind: cache.KindAggregate, ID: cp.ID, Value: raw}}
+		next, _, err := base.Apply(2, protocol.SourceDatabase, changes[k])
+		if err != nil {
+			b.Fatal(err)
+		}
+		sums[k] = next.Checksum()
+	}
+	ctx := context.Background()
+	live := c.names.Live()
+	rev := base.Revision()
+	b.ReportAllocs()
+	for b.Loop() {
+		b.StopTimer()
+		k := rev & 1
+		d := &protocol.Delta{Revision: rev + 1, PrevRevision: rev, Checksum: sums[k], Count: n,
+			Source: protocol.SourceDatabase, CommittedAt: time.Now(), Changes: changes[k]}
+		data, err := publisher.EncodeDelta(d)
+		if err != nil {
+			b.Fatal(err)
+		}
+		m := d.Msg(live, data)
+		if err := signer.Sign(protocol.KindDelta, m); err != nil {
+			b.Fatal(err)
+		}
+		rev++
+		b.StartTimer()
+		if verify {
+			c.handleDelta(ctx, m)
+		} else {
+			c.handleVerifiedDelta(ctx, m)
+		}
+	}
+	if c.Revision() != rev || c.rejections.Load() != 0 {
+		b.Fatalf("revision %d (want %d), rejections %d", c.Revision(), rev, c.rejections.Load())
+	}
+}
+
+// BenchmarkBootstrap100k measures a first bootstrap of 100,000 extensions from
+// the stream (manifest, chunks, decode, validation, checksum): with signature
+// verification (verify: the key record read and checked, then the manifest's
+// signature) and without (noverify).
+func BenchmarkBootstrap100k(b *testing.B) {
+	srv := harness.NewNATS(b, harness.NATSOptions{})
+	src := newSource(b, srv, 100_000, "")
+	nc := srv.Connect(b)
+	ctx := context.Background()
+	for _, verify := range []bool{true, false} {
+		b.Run(map[bool]string{true: "verify", false: "noverify"}[verify], func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				b.StopTimer()
-				k := rev & 1
-				d := &protocol.Delta{Revision: rev + 1, PrevRevision: rev, Checksum: sums[k], Count: n,
-					Source: protocol.SourceDatabase, CommittedAt: time.Now(), Changes: changes[k]}
-				data, err := publisher.EncodeDelta(d)
-				if err != nil {
-					b.Fatal(err)
+				r := &protocol.Reader{NC: nc, Names: src.names()}
+				if verify {
+					t, err := r.Key(ctx)
+					if err != nil {
+						b.Fatal(err)
+					}
+					r.Trust = t
 				}
-				m := d.Msg(live, data)
-				rev++
-				b.StartTimer()
-				c.handleDelta(ctx, m)
-			}
-			if c.Revision() != rev || c.rejections.Load() != 0 {
-				b.Fatalf("revision %d (want %d), rejections %d", c.Revision(), rev, c.rejections.Load())
+				snap, _, err := r.Snapshot(ctx)
+				if err != nil || snap.Len() != 100_000 {
+					b.Fatalf("snapshot: %v", err)
+				}
 			}
 		})
+	}
+}
+
+// BenchmarkVerify is the cost of one signature check on a delta-sized payload.
+func BenchmarkVerify(b *testing.B) {
+	signer, _, _ := protocol.GenerateSigner()
+	trust, _ := protocol.NewTrust(signer.PublicKey())
+	m := natsMsg(make([]byte, 700))
+	if err := signer.Sign(protocol.KindDelta, m); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := trust.Verify(protocol.KindDelta, m.Header, m.Data); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

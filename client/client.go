@@ -22,6 +22,18 @@
 // snapshot stays, Config.OnError hears of it and the client resyncs. Everything
 // is read with JetStream direct gets: the client never creates a consumer.
 //
+// # Signatures
+//
+// Every delta, heartbeat and manifest must carry a valid Ed25519 signature by
+// a trusted key (PROTOCOL.md §9): Config.TrustedKeys, or, when none are
+// configured, the key of the record the syncer stores with its streams, read
+// and trusted at the first bootstrap. Nothing unsigned or signed by another
+// key is applied or acted upon; it is rejected like any unverifiable payload.
+// Whatever arrives, the client keeps following the registry: live deltas that
+// extend the served revision apply even while a resync is pending, new
+// resyncs are rate limited, and a target the streams do not hold is given up
+// after 30 s.
+//
 // # Reads
 //
 // Lookup, ByType, Snapshot, Revision and Ready read one atomic pointer: they
@@ -32,6 +44,7 @@ package client
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -92,10 +105,33 @@ type Config struct {
 	// stream.
 	BufferSize int
 
+	// TrustedKeys are the public NKeys (U…) whose signatures the client accepts on
+	// deltas, manifests and heartbeats (two during a key rotation; PROTOCOL.md §9).
+	// Empty: the client trusts the public key record the syncer stores with its streams
+	// when it first bootstraps (trust on first use) and, from then on, only that key.
+	// Whatever is configured, nothing unsigned or signed by another key is applied.
+	TrustedKeys []string
+
 	// WaitBootstrap makes Start block until a first snapshot (or the Fallback)
 	// is installed. By default Start returns at once and bootstraps in the
 	// background, Ready reporting false meanwhile.
 	WaitBootstrap bool
+
+	// RouterID names this router in its reports (default host:pid). Reports go to
+	// Names.Report(RouterID) (PROTOCOL.md §3.7).
+	RouterID string
+
+	// ReportInterval is the period of the router's reports (default 5s); a report also
+	// goes out whenever a revision is installed.
+	ReportInterval time.Duration
+
+	// StaleAfter is how long without a valid delta or heartbeat the client reports
+	// itself stale (default 10s; at least 5 of the syncer's heartbeat intervals).
+	StaleAfter time.Duration
+
+	// CallStats, when set, provides the per-extension call statistics since the previous
+	// report (keyed by extension id), sent in each report's "calls".
+	CallStats func() map[string]json.RawMessage
 }
 
 // WithDefaults returns c with every zero field set to its default.
@@ -107,6 +143,11 @@ func (c Config) WithDefaults() Config {
 	c.FallbackAfter = cmp.Or(c.FallbackAfter, 5*time.Second)
 	c.RequestTimeout = cmp.Or(c.RequestTimeout, 2*time.Second)
 	c.BufferSize = cmp.Or(c.BufferSize, 4096)
+	if c.RouterID == "" {
+		c.RouterID = defaultRouterID()
+	}
+	c.ReportInterval = cmp.Or(c.ReportInterval, 5*time.Second)
+	c.StaleAfter = cmp.Or(c.StaleAfter, 10*time.Second)
 	return c
 }
 
@@ -121,8 +162,22 @@ func (c Config) validate() error {
 	if c.RequestTimeout < time.Millisecond {
 		errs = append(errs, fmt.Errorf("client: Config.RequestTimeout must be at least 1ms (got %s)", c.RequestTimeout))
 	}
+	if len(c.RouterID) > 256 {
+		errs = append(errs, fmt.Errorf("client: Config.RouterID must be at most 256 bytes (got %d)", len(c.RouterID)))
+	}
+	if c.ReportInterval < 10*time.Millisecond {
+		errs = append(errs, fmt.Errorf("client: Config.ReportInterval must be at least 10ms (got %s)", c.ReportInterval))
+	}
+	if c.StaleAfter <= 0 {
+		errs = append(errs, fmt.Errorf("client: Config.StaleAfter must be positive (got %s)", c.StaleAfter))
+	}
 	if c.BufferSize < 1 {
 		errs = append(errs, fmt.Errorf("client: Config.BufferSize must be positive (got %d)", c.BufferSize))
+	}
+	if len(c.TrustedKeys) > 0 {
+		if _, err := protocol.NewTrust(c.TrustedKeys...); err != nil {
+			errs = append(errs, fmt.Errorf("client: Config.TrustedKeys: %w", err))
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -134,18 +189,21 @@ type Client struct {
 	cfg    Config
 	log    *slog.Logger
 	names  protocol.Names
-	reader *protocol.Reader
+	reader *protocol.Reader // its Trust is set once (configured, or on first bootstrap) by the run goroutine
+	trust  atomic.Pointer[protocol.Trust]
 
-	snap      atomic.Pointer[cache.Snapshot]
-	fallback  atomic.Pointer[cache.Snapshot] // the installed Fallback snapshot, if any
-	lastHeard atomic.Int64                   // unix nanoseconds of the last valid delta or heartbeat
-	startedAt atomic.Int64                   // unix nanoseconds of Start
-	ready     chan struct{}                  // closed at the first install
+	snap        atomic.Pointer[cache.Snapshot]
+	fallback    atomic.Pointer[cache.Snapshot] // the installed Fallback snapshot, if any
+	lastHeard   atomic.Int64                   // unix nanoseconds of the last valid delta or heartbeat
+	heartbeatMS atomic.Int64                   // interval_ms of the last valid heartbeat (0: none yet)
+	startedAt   atomic.Int64                   // unix nanoseconds of Start
+	ready       chan struct{}                  // closed at the first install
 
 	resyncs    atomic.Uint64
 	rejections atomic.Uint64
 	applied    atomic.Uint64
 	metrics    *collector
+	report     *reporter
 	calls      atomic.Pointer[invoker] // invocation state (invoke.go), created on first use
 
 	mu      sync.Mutex // guards the lifecycle fields below
@@ -161,6 +219,9 @@ type Client struct {
 	// testBeforeBootstrap, when set by a test, runs after the subscriptions are
 	// active and before the first snapshot read.
 	testBeforeBootstrap func()
+	// goalTimeout is how long an unreachable resync target is chased
+	// (defaultGoalTimeout; tests shorten it before Start).
+	goalTimeout time.Duration
 }
 
 const (
@@ -191,8 +252,19 @@ func New(nc *nats.Conn, cfg Config) (*Client, error) {
 		reader:  &protocol.Reader{NC: nc, Names: names},
 		ready:   make(chan struct{}),
 		stopped: make(chan struct{}),
+
+		goalTimeout: defaultGoalTimeout,
+	}
+	if len(cfg.TrustedKeys) > 0 {
+		t, err := protocol.NewTrust(cfg.TrustedKeys...)
+		if err != nil {
+			return nil, fmt.Errorf("client: Config.TrustedKeys: %w", err)
+		}
+		c.reader.Trust = t
+		c.trust.Store(t)
 	}
 	c.metrics = newCollector(c)
+	c.report = newReporter()
 	return c, nil
 }
 
@@ -373,6 +445,15 @@ func (c *Client) LastHeard() time.Time {
 // register several clients in one registry, wrap the registerer with a
 // distinguishing label (prometheus.WrapRegistererWith).
 func (c *Client) Collector() prometheus.Collector { return c.metrics }
+
+// TrustedKeys returns the public keys whose signatures the client accepts: the
+// configured ones, or the key it trusted on first bootstrap (nil before that).
+func (c *Client) TrustedKeys() []string {
+	if t := c.trust.Load(); t != nil {
+		return t.Keys()
+	}
+	return nil
+}
 
 func (c *Client) isFallback(s *cache.Snapshot) bool {
 	return s != nil && s == c.fallback.Load()

@@ -443,11 +443,8 @@ func writeRawSnapshot(t *testing.T, src *source, rev int64, sum string, doc []by
 	if err != nil {
 		t.Fatal(err)
 	}
-	man, _ := json.Marshal(&protocol.Manifest{Revision: rev, Checksum: sum, Source: protocol.SourceDatabase, Count: 10,
+	src.storeManifest(&protocol.Manifest{Revision: rev, Checksum: sum, Source: protocol.SourceDatabase, Count: 10,
 		Size: len(doc), Sequences: []uint64{ack.Sequence}, CreatedAt: time.Now()})
-	if _, err := src.js.Publish(context.Background(), n.Manifest(), man); err != nil {
-		t.Fatal(err)
-	}
 }
 
 func otherChecksum(s string) string {
@@ -548,15 +545,9 @@ func TestManifestWithImpossibleSizeRejected(t *testing.T) {
 	c := startClient(t, srv.Connect(t), Config{WaitBootstrap: true})
 	good := c.Snapshot()
 
-	man, _ := json.Marshal(&protocol.Manifest{Revision: 7, Checksum: otherChecksum("x"), Source: protocol.SourceDatabase,
+	src.storeManifest(&protocol.Manifest{Revision: 7, Checksum: otherChecksum("x"), Source: protocol.SourceDatabase,
 		Count: 10, Size: 1 << 62, Sequences: []uint64{1}, CreatedAt: time.Now()})
-	if _, err := src.js.Publish(context.Background(), src.names().Manifest(), man); err != nil {
-		t.Fatal(err)
-	}
-	hb, _ := json.Marshal(&protocol.Heartbeat{Revision: 7, Checksum: otherChecksum("x"), Source: "database", Time: time.Now(), IntervalMS: 1000})
-	if err := src.nc.Publish(src.names().Heartbeat(), hb); err != nil {
-		t.Fatal(err)
-	}
+	src.sendHeartbeat(&protocol.Heartbeat{Revision: 7, Checksum: otherChecksum("x"), Source: "database", Time: time.Now(), IntervalMS: 1000}, src.signer)
 	waitFor(t, "the rejection", func() bool { return c.rejections.Load() == 1 && len(c.Errors()) == 1 })
 	if c.Snapshot() != good || !errors.Is(c.Errors()[0], protocol.ErrInvalid) {
 		t.Fatalf("snapshot replaced, or error %v", c.Errors())
@@ -984,14 +975,39 @@ func TestHeartbeatBehindOrEqualIgnored(t *testing.T) {
 		{Revision: 1, Checksum: otherChecksum("old"), Source: "database", Time: time.Now(), IntervalMS: 1000},
 		{Revision: 2, Checksum: src.state().Checksum(), Source: "database", Time: time.Now(), IntervalMS: 1000},
 	} {
-		hb, _ := json.Marshal(&h)
 		before := c.LastHeard()
-		if err := src.nc.Publish(src.names().Heartbeat(), hb); err != nil {
-			t.Fatal(err)
-		}
+		src.sendHeartbeat(&h, src.signer)
 		waitFor(t, "the heartbeat", func() bool { return c.LastHeard().After(before) })
 	}
 	if c.resyncs.Load() != 0 || len(c.Events()) != 2 {
 		t.Fatalf("resyncs %d events %d", c.resyncs.Load(), len(c.Events()))
+	}
+}
+
+// TestReconnectCatchesUp: a delta stored and announced while the client was disconnected,
+// with no heartbeat afterwards (the syncer stopped): once the client is connected again it
+// reads the newest stored delta and catches up, without waiting for a heartbeat that may
+// never come (PROTOCOL.md §9, reconnection).
+func TestReconnectCatchesUp(t *testing.T) {
+	t.Parallel()
+	srv := harness.NewNATS(t, harness.NATSOptions{})
+	src := newSource(t, srv, 5, "")
+	proxy := harness.NewProxy(t, strings.TrimPrefix(srv.URL(), "nats://"))
+	nc, err := nats.Connect("nats://"+proxy.Addr(), nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	c := startClient(t, nc, Config{WaitBootstrap: true})
+	before := nc.Stats().Reconnects
+	// Cut the client off while the source stores and announces one delta.
+	proxy.Stall()
+	proxy.Cut()
+	d := src.commit(src.touch("ext.000001", 888))
+	proxy.Resume()
+	waitFor(t, "the client reconnected", func() bool { return nc.Stats().Reconnects > before && nc.IsConnected() })
+	waitFor(t, "the client caught up after the reconnect", func() bool { return c.Revision() == d.Revision })
+	if e, _ := c.Lookup("ext.000001"); e == nil || e.TimeoutMS != 888 {
+		t.Errorf("after the reconnect: %+v", e)
 	}
 }

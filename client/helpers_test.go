@@ -29,6 +29,8 @@ type source struct {
 	nc  *nats.Conn
 	pub *publisher.Publisher
 	js  jetstream.JetStream
+	// signer signs what the source publishes (its key is stored as the key record).
+	signer *protocol.Signer
 
 	mu   sync.Mutex
 	snap *cache.Snapshot
@@ -39,7 +41,11 @@ type source struct {
 func newSource(tb testing.TB, srv *harness.NATS, n int, prefix string) *source {
 	tb.Helper()
 	nc := srv.Connect(tb)
-	pub, err := publisher.New(nc, publisher.Config{Prefix: prefix})
+	signer, _, err := protocol.GenerateSigner()
+	if err != nil {
+		tb.Fatalf("signer: %v", err)
+	}
+	pub, err := publisher.New(nc, publisher.Config{Prefix: prefix, Signer: signer})
 	if err != nil {
 		tb.Fatalf("publisher: %v", err)
 	}
@@ -54,7 +60,7 @@ func newSource(tb testing.TB, srv *harness.NATS, n int, prefix string) *source {
 	if err != nil {
 		tb.Fatalf("snapshot: %v", err)
 	}
-	s := &source{tb: tb, nc: nc, pub: pub, js: js, snap: snap}
+	s := &source{tb: tb, nc: nc, pub: pub, js: js, snap: snap, signer: signer}
 	s.writeSnapshot()
 	return s
 }
@@ -118,19 +124,66 @@ func (s *source) publish(d *protocol.Delta, data []byte) {
 func (s *source) store(d *protocol.Delta, data []byte) {
 	s.tb.Helper()
 	n := s.names()
-	if _, err := s.js.PublishMsg(context.Background(), d.Msg(n.DeltaSubject(d.Revision), data), jetstream.WithMsgID(n.MsgID(d.Revision))); err != nil {
+	m := d.Msg(n.DeltaSubject(d.Revision), data)
+	if err := s.signer.Sign(protocol.KindDelta, m); err != nil {
+		s.tb.Fatalf("sign: %v", err)
+	}
+	if _, err := s.js.PublishMsg(context.Background(), m, jetstream.WithMsgID(n.MsgID(d.Revision))); err != nil {
 		s.tb.Errorf("store delta %d: %v", d.Revision, err)
 	}
 }
 
-// announce publishes raw bytes on the live subject only.
+// announce publishes bytes on the live subject only, signed by the source's
+// key (what a syncer sends, whatever the bytes).
 func (s *source) announce(data []byte) {
 	s.tb.Helper()
-	if err := s.nc.Publish(s.names().Live(), data); err != nil {
-		s.tb.Errorf("announce: %v", err)
+	s.send(s.names().Live(), protocol.KindDelta, data, s.signer)
+}
+
+// send publishes data on subject (core NATS), signed as kind by signer (nil:
+// unsigned).
+func (s *source) send(subject, kind string, data []byte, signer *protocol.Signer) {
+	s.tb.Helper()
+	m := nats.NewMsg(subject)
+	m.Data = data
+	if signer != nil {
+		if err := signer.Sign(kind, m); err != nil {
+			s.tb.Fatalf("sign: %v", err)
+		}
+	}
+	if err := s.nc.PublishMsg(m); err != nil {
+		s.tb.Errorf("publish on %s: %v", subject, err)
 	}
 	if err := s.nc.Flush(); err != nil {
 		s.tb.Errorf("flush: %v", err)
+	}
+}
+
+// sendHeartbeat publishes hb on the heartbeat subject, signed by signer (nil:
+// unsigned).
+func (s *source) sendHeartbeat(hb *protocol.Heartbeat, signer *protocol.Signer) {
+	s.tb.Helper()
+	data, err := json.Marshal(hb)
+	if err != nil {
+		s.tb.Fatal(err)
+	}
+	s.send(s.names().Heartbeat(), protocol.KindHeartbeat, data, signer)
+}
+
+// storeManifest stores a manifest signed by the source's key.
+func (s *source) storeManifest(man *protocol.Manifest) {
+	s.tb.Helper()
+	data, err := json.Marshal(man)
+	if err != nil {
+		s.tb.Fatal(err)
+	}
+	m := nats.NewMsg(s.names().Manifest())
+	m.Data = data
+	if err := s.signer.Sign(protocol.KindManifest, m); err != nil {
+		s.tb.Fatal(err)
+	}
+	if _, err := s.js.PublishMsg(context.Background(), m); err != nil {
+		s.tb.Fatalf("store manifest: %v", err)
 	}
 }
 

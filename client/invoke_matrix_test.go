@@ -23,7 +23,11 @@ func TestInvokeServerMatrix(t *testing.T) {
 			t.Parallel()
 			proc := harness.NewNATSProc(t, bin, harness.NATSProcOptions{})
 			nc := proc.Connect(t)
-			pub, err := publisher.New(nc, publisher.Config{})
+			signer, _, err := protocol.GenerateSigner()
+			if err != nil {
+				t.Fatal(err)
+			}
+			pub, err := publisher.New(nc, publisher.Config{Signer: signer})
 			if err != nil {
 				t.Fatal(err)
 			}

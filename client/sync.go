@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -24,6 +25,7 @@ type goal struct {
 	hard     bool   // deltas cannot extend the served content to the target (missing, resync, drift): read a snapshot first
 	probe    bool   // also catch up with the stream's newest delta (the target is unknown)
 	reason   string
+	since    time.Time // when the goal was first recorded
 }
 
 // loopState belongs to the run goroutine.
@@ -38,6 +40,12 @@ type loopState struct {
 	badSnapshot string // manifest of the last snapshot rejected, not read again
 	badStored   string // last stored payload rejected, not reported again
 	readyClosed bool
+	tokens      float64   // resync tokens left (see resyncBurst)
+	tokensAt    time.Time // when tokens was last refilled
+	// rejectLogged is when a rejection was last logged; rejectQuiet counts those
+	// not logged since.
+	rejectLogged time.Time
+	rejectQuiet  int
 }
 
 const (
@@ -49,6 +57,20 @@ const (
 	// snapshotMovedRetries bounds immediate rereads when the snapshot is
 	// replaced while being read.
 	snapshotMovedRetries = 3
+	// New goals are rate limited by a token bucket: up to resyncBurst start at
+	// once, then one per resyncEvery. Whatever arrives (rejected payloads,
+	// heartbeats alternating "ahead" and "confirm"), resync reads stay bounded;
+	// reaching or dropping a goal returns no token.
+	resyncBurst = 5
+	resyncEvery = 200 * time.Millisecond
+	// defaultGoalTimeout is how long a goal that neither the stored deltas nor
+	// the stored snapshot can reach is chased: a revision announced but absent
+	// from the streams is given up, and the client goes on following the live
+	// subject (the next announcement or heartbeat sets a new goal).
+	defaultGoalTimeout = 30 * time.Second
+	// rejectLogEvery bounds how often a rejection is logged (each one is still
+	// counted and passed to Config.OnError).
+	rejectLogEvery = time.Second
 )
 
 var (
@@ -64,6 +86,9 @@ var (
 func (c *Client) run(ctx context.Context) {
 	defer close(c.done)
 	defer unsubscribe(c.subs)
+	var reports sync.WaitGroup
+	reports.Go(func() { c.reportLoop(ctx) })
+	defer reports.Wait()
 	c.loop.timer = time.NewTimer(time.Hour)
 	c.loop.timer.Stop()
 	defer c.loop.timer.Stop()
@@ -74,6 +99,12 @@ func (c *Client) run(ctx context.Context) {
 	live, heartbeat := c.names.Live(), c.names.Heartbeat()
 	c.loop.need = &goal{reason: "bootstrap"}
 	c.resync(ctx)
+	// A reconnect may have lost live messages (PROTOCOL.md §9, reconnection): catch up
+	// from the stream once the subscriptions are back. nats.go re-subscribes on its own;
+	// its reconnect count is watched rather than its handler, which belongs to the caller.
+	reconnects := c.nc.Stats().Reconnects
+	watch := time.NewTicker(time.Second)
+	defer watch.Stop()
 	for {
 		var msgs chan *nats.Msg
 		if c.snap.Load() != nil {
@@ -99,12 +130,46 @@ func (c *Client) run(ctx context.Context) {
 		case <-timer:
 			c.loop.armed = false
 			c.resync(ctx)
+		case <-watch.C:
+			if n := c.nc.Stats().Reconnects; n != reconnects && c.nc.IsConnected() {
+				reconnects = n
+				if err := c.nc.FlushTimeout(c.cfg.RequestTimeout); err == nil { // subscriptions confirmed
+					c.want(ctx, goal{probe: true, reason: "reconnected"})
+				}
+			}
 		}
 	}
 }
 
+// verifyLive checks a live or heartbeat message's signature. Before the first
+// bootstrap has established trust (no configured keys), nothing can be
+// verified: the message only hurries a pending bootstrap and is otherwise
+// ignored (handled reports false).
+func (c *Client) verifyLive(ctx context.Context, kind string, m *nats.Msg) (handled bool) {
+	t := c.trust.Load()
+	if t == nil {
+		if c.isFallback(c.snap.Load()) {
+			c.hurry()
+		}
+		return false
+	}
+	if err := t.Verify(kind, m.Header, m.Data); err != nil {
+		c.reject(ctx, fmt.Errorf("%w: %s message: %w", ErrRejected, m.Subject, err))
+		c.want(ctx, goal{probe: true, reason: "rejected " + kind})
+		return false
+	}
+	return true
+}
+
 // handleDelta processes one message from the live subject.
 func (c *Client) handleDelta(ctx context.Context, m *nats.Msg) {
+	if c.verifyLive(ctx, protocol.KindDelta, m) {
+		c.handleVerifiedDelta(ctx, m)
+	}
+}
+
+// handleVerifiedDelta processes a live message whose signature verified.
+func (c *Client) handleVerifiedDelta(ctx context.Context, m *nats.Msg) {
 	d, err := protocol.DeltaFromMsg(m)
 	if err != nil {
 		c.reject(ctx, fmt.Errorf("%w: live message: %w", ErrRejected, err))
@@ -121,8 +186,17 @@ func (c *Client) handleDelta(ctx context.Context, m *nats.Msg) {
 		c.log.DebugContext(ctx, "client: delta already applied", slog.Int64("revision", d.Revision), slog.Int64("served", cur.Revision()))
 	case d.Resync:
 		c.want(ctx, goal{target: d.Revision, checksum: d.Checksum, hard: true, reason: "resync delta"})
-	case d.PrevRevision == cur.Revision() && (c.loop.need == nil || !c.loop.need.hard):
+	case d.PrevRevision == cur.Revision():
+		// Applied even while a goal is pending: the result is verified against the
+		// signed checksum, so a verified result is the registry's content.
 		if err := c.applyDelta(d, "live"); err != nil {
+			if n := c.loop.need; n != nil && n.hard {
+				// The served content is already known to need a snapshot (drift, a
+				// resync delta): the delta failing on top of it is expected.
+				c.log.DebugContext(ctx, "client: live delta does not apply while a snapshot is awaited", slog.Any("error", err))
+				c.want(ctx, goal{target: d.Revision, checksum: d.Checksum, hard: true, reason: "gap"})
+				return
+			}
 			c.reject(ctx, err)
 			c.want(ctx, goal{probe: true, reason: "rejected live delta"})
 			return
@@ -137,6 +211,9 @@ func (c *Client) handleDelta(ctx context.Context, m *nats.Msg) {
 
 // handleHeartbeat processes one message from the heartbeat subject.
 func (c *Client) handleHeartbeat(ctx context.Context, m *nats.Msg) {
+	if !c.verifyLive(ctx, protocol.KindHeartbeat, m) {
+		return
+	}
 	h, err := protocol.DecodeHeartbeat(m.Data)
 	if err != nil {
 		c.reject(ctx, fmt.Errorf("%w: heartbeat: %w", ErrRejected, err))
@@ -144,6 +221,7 @@ func (c *Client) handleHeartbeat(ctx context.Context, m *nats.Msg) {
 		return
 	}
 	c.heard()
+	c.heartbeatMS.Store(h.IntervalMS)
 	cur := c.snap.Load()
 	switch {
 	case c.isFallback(cur):
@@ -156,7 +234,9 @@ func (c *Client) handleHeartbeat(ctx context.Context, m *nats.Msg) {
 	case h.Checksum != "" && h.Checksum != cur.Checksum():
 		c.want(ctx, goal{target: h.Revision, checksum: h.Checksum, hard: true, reason: "drift"})
 	default:
-		// The syncer confirms the served state.
+		// The syncer confirms the served state (no resync token is returned:
+		// confirmations alternating with news of a gap do not make resyncs more
+		// frequent).
 		if n := c.loop.need; n != nil && !n.probe && !c.isFallback(cur) {
 			c.log.InfoContext(ctx, "client: heartbeat confirms the served revision; resync abandoned",
 				slog.Int64("revision", cur.Revision()), slog.Int64("target", n.target), slog.String("reason", n.reason))
@@ -194,18 +274,39 @@ func (c *Client) want(ctx context.Context, g goal) {
 		return // retried on schedule: more gap news does not make a lagging snapshot newer
 	}
 	c.resyncs.Add(1)
+	g.since = time.Now()
 	c.loop.need = &g
-	c.loop.attempt = 0
 	c.log.InfoContext(ctx, "client: resyncing", slog.String("reason", g.reason),
 		slog.Int64("revision", c.Revision()), slog.Int64("target", g.target))
+	c.loop.attempt = 0
+	if wait := c.takeToken(); wait > 0 {
+		c.schedule(wait)
+		return
+	}
 	c.resync(ctx)
+}
+
+// takeToken takes a resync token and returns how long to wait before the
+// goal's first attempt (0: at once).
+func (c *Client) takeToken() time.Duration {
+	now := time.Now()
+	if c.loop.tokensAt.IsZero() {
+		c.loop.tokens = resyncBurst
+	} else {
+		c.loop.tokens = min(resyncBurst, c.loop.tokens+float64(now.Sub(c.loop.tokensAt))/float64(resyncEvery))
+	}
+	c.loop.tokensAt = now
+	c.loop.tokens--
+	if c.loop.tokens >= 0 {
+		return 0
+	}
+	return time.Duration(-c.loop.tokens * float64(resyncEvery))
 }
 
 // reached drops the pending goal.
 func (c *Client) reached(ctx context.Context) {
 	n := c.loop.need
 	c.loop.need = nil
-	c.loop.attempt = 0
 	c.loop.timer.Stop()
 	c.loop.armed = false
 	if n.reason != "bootstrap" {
@@ -246,6 +347,15 @@ func (c *Client) resync(ctx context.Context) {
 		close(c.ready)
 	}
 	if c.satisfied(g) {
+		c.reached(ctx)
+		return
+	}
+	if c.base() != nil && time.Since(g.since) > c.goalTimeout && (errors.Is(err, errMissing) || errors.Is(err, errBehind)) {
+		// Neither the stored deltas nor the stored snapshot reach the target: it
+		// was announced but is not in the streams. Give it up and keep following.
+		c.log.WarnContext(ctx, "client: giving up a resync target the streams do not hold",
+			slog.String("reason", g.reason), slog.Int64("revision", c.Revision()), slog.Int64("target", g.target),
+			slog.Duration("after", time.Since(g.since)), slog.Any("error", err))
 		c.reached(ctx)
 		return
 	}
@@ -374,7 +484,11 @@ func (c *Client) lastStored(ctx context.Context) (*protocol.Delta, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read the newest stored delta: %w", err)
 	}
-	d, err := protocol.DecodeDelta(st.Data)
+	err = c.reader.Trust.Verify(protocol.KindDelta, st.Header, st.Data)
+	var d *protocol.Delta
+	if err == nil {
+		d, err = c.names.DeltaFromStored(st)
+	}
 	if err != nil {
 		err = fmt.Errorf("%w: newest stored delta (%s): %w", ErrRejected, st.Subject, err)
 		c.rejectStored(ctx, err)
@@ -407,6 +521,9 @@ func (c *Client) fetch(ctx context.Context, rev int64) (*protocol.Delta, error) 
 // holds other content at the same revision (the syncer's content wins). It
 // reports whether it installed one.
 func (c *Client) fromSnapshot(ctx context.Context, g *goal) (bool, error) {
+	if err := c.establishTrust(ctx); err != nil {
+		return false, err
+	}
 	cur := c.snap.Load()
 	mctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
 	m, err := c.reader.Manifest(mctx)
@@ -462,6 +579,32 @@ func (c *Client) fromSnapshot(ctx context.Context, g *goal) (bool, error) {
 	}
 }
 
+// establishTrust, with no configured trusted keys, reads the public key record
+// the syncer stores with its streams and trusts that key from then on (trust on
+// first use). With trust established it does nothing.
+func (c *Client) establishTrust(ctx context.Context) error {
+	if c.reader.Trust != nil {
+		return nil
+	}
+	kctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+	t, err := c.reader.Key(kctx)
+	cancel()
+	if err != nil {
+		if errors.Is(err, protocol.ErrInvalid) {
+			err = fmt.Errorf("%w: %w", ErrRejected, err)
+			c.rejectStored(ctx, err)
+		}
+		if errors.Is(err, protocol.ErrNotFound) {
+			err = fmt.Errorf("no public key record on %s (is the syncer signing?)", c.names.KeySubject())
+		}
+		return fmt.Errorf("read the signing key: %w", err)
+	}
+	c.reader.Trust = t
+	c.trust.Store(t)
+	c.log.InfoContext(ctx, "client: trusting the registry's signing key (first use)", slog.Any("keys", t.Keys()))
+	return nil
+}
+
 // replaces reports whether a stored snapshot may replace cur.
 func (c *Client) replaces(cur *cache.Snapshot, rev int64, sum string) bool {
 	return cur == nil || c.isFallback(cur) || rev > cur.Revision() || (rev == cur.Revision() && sum != cur.Checksum())
@@ -490,6 +633,7 @@ func (c *Client) applyDelta(d *protocol.Delta, from string) error {
 // install serves next and reports the change.
 func (c *Client) install(old, next *cache.Snapshot, changed []string) {
 	c.snap.Store(next)
+	c.report.soon()
 	if c.cfg.OnChange != nil {
 		c.cfg.OnChange(old, next, changed)
 	}
@@ -524,10 +668,18 @@ func (c *Client) useFallback(ctx context.Context) {
 }
 
 // reject counts and reports a refused payload.
+// Rejections are logged at most once per rejectLogEvery (a flood of forged
+// messages must not flood the logs); the others are counted in the next line.
 func (c *Client) reject(ctx context.Context, err error) {
 	c.rejections.Add(1)
-	c.log.WarnContext(ctx, "client: payload rejected; keeping the last good snapshot", slog.Any("error", err),
-		slog.Int64("revision", c.Revision()))
+	c.report.rejected(time.Now(), err)
+	if now := time.Now(); now.Sub(c.loop.rejectLogged) >= rejectLogEvery {
+		c.log.WarnContext(ctx, "client: payload rejected; keeping the last good snapshot", slog.Any("error", err),
+			slog.Int64("revision", c.Revision()), slog.Int("not_logged_before", c.loop.rejectQuiet))
+		c.loop.rejectLogged, c.loop.rejectQuiet = now, 0
+	} else {
+		c.loop.rejectQuiet++
+	}
 	if c.cfg.OnError != nil {
 		c.cfg.OnError(err)
 	}

@@ -29,6 +29,22 @@ var namePattern = regexp.MustCompile(`^[0-9]{5}_[a-z0-9_]+\.sql$`)
 // TriggersVersion is the migration that installs triggers/triggers.sql.
 const TriggersVersion = 2
 
+// ChannelVersion is the migration that replaces registry_channel() with
+// triggers/channel.sql (channel names cut to 63 bytes, not characters).
+const ChannelVersion = 4
+
+// TriggersReinstalled lists the migrations after TriggersVersion that run triggers.sql and
+// channel.sql again (both are written to run again over an earlier version). triggers.sql
+// is an editable file, and a migration that already ran never runs again: every change to
+// it ships as a new entry here, so databases migrated before the change get it too.
+// TestTriggerChangesShipAsMigrations fails when the SQL changed without one
+// (InstalledTriggersSHA256 is the SHA-256 of what the newest entry installs).
+var TriggersReinstalled = []int64{7}
+
+// InstalledTriggersSHA256 is the hex SHA-256 of triggers.SQL followed by triggers.ChannelSQL
+// as the newest TriggersReinstalled migration installs them.
+const InstalledTriggersSHA256 = "6056ed542d661af36102905e8a2bb3599e91e8508af699555d9102133ee74aae"
+
 // Open returns a database/sql handle over pgx for url (search_path in the URL selects the
 // schema the registry lives in).
 func Open(url string) (*sql.DB, error) {
@@ -73,9 +89,15 @@ func provider(ctx context.Context, db *sql.DB) (*goose.Provider, error) {
 	if err != nil {
 		return nil, err
 	}
-	install := goose.NewGoMigration(TriggersVersion, &goose.GoFunc{RunTx: triggers.Install}, nil)
+	gos := []*goose.Migration{
+		goose.NewGoMigration(TriggersVersion, &goose.GoFunc{RunTx: triggers.Install}, nil),
+		goose.NewGoMigration(ChannelVersion, &goose.GoFunc{RunTx: triggers.InstallChannel}, nil),
+	}
+	for _, v := range TriggersReinstalled {
+		gos = append(gos, goose.NewGoMigration(v, &goose.GoFunc{RunTx: triggers.Install}, nil))
+	}
 	return goose.NewProvider(goose.DialectPostgres, db, sub,
-		goose.WithGoMigrations(install),
+		goose.WithGoMigrations(gos...),
 		goose.WithDisableGlobalRegistry(true),
 		goose.WithSessionLocker(locker),
 		goose.WithTableName("registry_schema_migrations"),
@@ -100,6 +122,19 @@ func Up(ctx context.Context, db *sql.DB) ([]State, error) {
 	return out, nil
 }
 
+// UpTo applies the pending migrations up to and including version (an upgrade test
+// starts from an older schema with it).
+func UpTo(ctx context.Context, db *sql.DB, version int64) error {
+	p, err := provider(ctx, db)
+	if err != nil {
+		return err
+	}
+	if _, err := p.UpTo(ctx, version); err != nil {
+		return fmt.Errorf("migrate to %d: %w", version, err)
+	}
+	return nil
+}
+
 // Status lists every known migration and whether it is applied.
 func Status(ctx context.Context, db *sql.DB) ([]State, error) {
 	p, err := provider(ctx, db)
@@ -122,8 +157,11 @@ func name(s *goose.Source) string {
 	if s.Path != "" {
 		return s.Path
 	}
-	if s.Version == TriggersVersion {
+	switch s.Version {
+	case TriggersVersion:
 		return "triggers/triggers.sql"
+	case ChannelVersion:
+		return "triggers/channel.sql"
 	}
 	return fmt.Sprintf("go migration %d", s.Version)
 }

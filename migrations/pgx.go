@@ -1,7 +1,7 @@
 package migrations
 
 import (
-	"fmt"
+	"errors"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -9,7 +9,8 @@ import (
 func pgxConfig(url string) (*pgx.ConnConfig, error) {
 	cfg, err := pgx.ParseConfig(url)
 	if err != nil {
-		return nil, fmt.Errorf("parse database URL: %w", err)
+		// Not pgx's message: for a string it cannot parse, it may quote the password.
+		return nil, errors.New("parse database URL: not a valid URL or keyword/value connection string (not shown: it may hold a password)")
 	}
 	return cfg, nil
 }

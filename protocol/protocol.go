@@ -40,6 +40,17 @@ const (
 
 var prefixPattern = regexp.MustCompile(`^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$`)
 
+// Limits on names. JetStream refuses stream names longer than MaxStreamName bytes
+// (nats-server's JSMaxNameLen). StreamBase spells every prefix character in at most two,
+// and the longest stream name is StreamBase(P) + "_SNAPSHOTS", so a prefix of at most
+// MaxPrefixLen characters always has valid stream names. Subjects are far from their own
+// limit (the 4096-byte control line): the longest, a direct get of a snapshot chunk, is
+// about 19 + 255 + 1 + 122 + 34 bytes.
+const (
+	MaxStreamName = 255
+	MaxPrefixLen  = (MaxStreamName - len("_SNAPSHOTS")) / 2
+)
+
 // Names derives every subject and stream name from the subject prefix.
 type Names struct {
 	Prefix         string
@@ -47,13 +58,54 @@ type Names struct {
 	SnapshotStream string
 }
 
-// NewNames validates prefix (dot-separated tokens of letters, digits, '_' and '-').
+// NewNames validates prefix (dot-separated tokens of letters, digits, '_' and '-', at most
+// MaxPrefixLen characters) and derives its stream names with StreamBase.
 func NewNames(prefix string) (Names, error) {
-	if !prefixPattern.MatchString(prefix) {
-		return Names{}, fmt.Errorf("subject prefix %q: must be dot-separated tokens of letters, digits, '_' or '-' (no wildcards, no empty tokens)", prefix)
+	if err := ValidatePrefix(prefix); err != nil {
+		return Names{}, err
 	}
-	base := strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(prefix))
+	base := StreamBase(prefix)
 	return Names{Prefix: prefix, DeltaStream: base + "_DELTAS", SnapshotStream: base + "_SNAPSHOTS"}, nil
+}
+
+// ValidatePrefix says what is wrong with a subject prefix, or returns nil.
+func ValidatePrefix(prefix string) error {
+	switch {
+	case len(prefix) > MaxPrefixLen:
+		return fmt.Errorf("subject prefix: must be at most %d characters, so that its stream names fit JetStream's %d (got %d)", MaxPrefixLen, MaxStreamName, len(prefix))
+	case !prefixPattern.MatchString(prefix):
+		return fmt.Errorf("subject prefix %q: must be dot-separated tokens of letters, digits, '_' or '-' (no wildcards, no empty tokens)", prefix)
+	}
+	return nil
+}
+
+// StreamBase spells a valid prefix as the common part of its stream names, one to one
+// (two prefixes never share a stream) and in upper case only (stream names are also
+// directory names, on file systems that may ignore case):
+//
+//	a-z → A-Z    0-9 → 0-9    . → _
+//	A-Z → -A…-Z  _ → -_       - → --
+//
+// The default prefix beamline.registry keeps the name BEAMLINE_REGISTRY of earlier
+// versions; so does every prefix of lowercase letters, digits and dots. Decoding reads
+// '-' as "the next character stands for itself", so no two prefixes map to one name.
+func StreamBase(prefix string) string {
+	var b strings.Builder
+	b.Grow(len(prefix) + 8)
+	for i := 0; i < len(prefix); i++ {
+		switch c := prefix[i]; {
+		case c >= 'a' && c <= 'z':
+			b.WriteByte(c - 'a' + 'A')
+		case c == '.':
+			b.WriteByte('_')
+		case c >= 'A' && c <= 'Z', c == '_', c == '-':
+			b.WriteByte('-')
+			b.WriteByte(c)
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
 }
 
 // DeltaSubject is where the delta of revision rev is stored.
@@ -80,6 +132,9 @@ func (n Names) ChunkSubject(rev int64) string {
 
 // ChunkSubjects matches every snapshot chunk.
 func (n Names) ChunkSubjects() string { return n.Prefix + ".snapshot.data.>" }
+
+// KeySubject holds the public key record (KeyRecord) in the snapshot stream.
+func (n Names) KeySubject() string { return n.Prefix + ".snapshot.key" }
 
 // SnapshotSubjects is the snapshot stream's subject filter.
 func (n Names) SnapshotSubjects() string { return n.Prefix + ".snapshot.>" }

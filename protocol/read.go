@@ -26,6 +26,9 @@ var ErrNoStream = errors.New("registry stream not available")
 type Reader struct {
 	NC    *nats.Conn
 	Names Names
+	// Trust, when set, is what stored deltas and manifests must be signed by (§10); nil
+	// verifies no signature (the syncer reading its own streams).
+	Trust *Trust
 }
 
 // Stored is one message read back from a stream.
@@ -77,12 +80,30 @@ func (r *Reader) Delta(ctx context.Context, rev int64) (*Delta, error) {
 	if err != nil {
 		return nil, err
 	}
-	d, err := DecodeDelta(st.Data)
+	if err := r.Trust.Verify(KindDelta, st.Header, st.Data); err != nil {
+		return nil, fmt.Errorf("stored delta %d: %w", rev, err)
+	}
+	d, err := r.Names.DeltaFromStored(st)
 	if err != nil {
 		return nil, fmt.Errorf("stored delta %d: %w", rev, err)
 	}
-	if d.Revision != rev {
+	return d, nil
+}
+
+// DeltaFromStored decodes a delta read back from the delta stream (by Reader.Delta, or
+// the newest one with Reader.Last on DeltaSubjects) and checks it as PROTOCOL.md §3.6
+// says: the payload's revision is the one its subject names, and a Registry-Revision
+// header, when present, agrees with it.
+func (n Names) DeltaFromStored(st *Stored) (*Delta, error) {
+	d, err := DecodeDelta(st.Data)
+	if err != nil {
+		return nil, err
+	}
+	if st.Subject != n.DeltaSubject(d.Revision) {
 		return nil, invalid("stored delta on %s carries revision %d", st.Subject, d.Revision)
+	}
+	if h := st.Header.Get(HeaderRevision); h != "" && h != strconv.FormatInt(d.Revision, 10) {
+		return nil, invalid("stored delta %d: header %s is %q", d.Revision, HeaderRevision, h)
 	}
 	return d, nil
 }
@@ -93,6 +114,9 @@ func (r *Reader) Manifest(ctx context.Context) (*Manifest, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := r.Trust.Verify(KindManifest, st.Header, st.Data); err != nil {
+		return nil, err
+	}
 	var m Manifest
 	if err := json.Unmarshal(st.Data, &m); err != nil {
 		return nil, invalid("decode manifest: %v", err)
@@ -101,6 +125,16 @@ func (r *Reader) Manifest(ctx context.Context) (*Manifest, error) {
 		return nil, err
 	}
 	return &m, nil
+}
+
+// Key reads the public key record (ErrNotFound when the syncer never wrote one) and
+// returns the trust it establishes.
+func (r *Reader) Key(ctx context.Context) (*Trust, error) {
+	st, err := r.Last(ctx, r.Names.SnapshotStream, r.Names.KeySubject())
+	if err != nil {
+		return nil, err
+	}
+	return DecodeKeyRecord(st.Header, st.Data)
 }
 
 // ErrSnapshotMoved reports that a chunk of the manifest's snapshot was replaced while it

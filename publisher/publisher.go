@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -44,6 +45,10 @@ type Config struct {
 	ChunkSize int
 	// Timeout of one JetStream request (default 5s).
 	Timeout time.Duration
+	// Signer signs every delta (stored and live), manifest and heartbeat, and its public
+	// key is stored as the key record (PROTOCOL.md §9). Routers refuse what is unsigned:
+	// nil publishes unsigned messages, for tests of exactly that (see also WithSigner).
+	Signer *protocol.Signer
 }
 
 // WithDefaults returns cfg with every zero field set to its default.
@@ -100,6 +105,74 @@ func (p *Publisher) Quiet() *Publisher {
 	q := *p
 	q.quiet = true
 	return &q
+}
+
+// WithSigner returns a publisher on the same connection that signs with signer.
+func (p *Publisher) WithSigner(signer *protocol.Signer) *Publisher {
+	q := *p
+	q.cfg.Signer = signer
+	return &q
+}
+
+// Signer returns the signer in use (nil: messages go out unsigned).
+func (p *Publisher) Signer() *protocol.Signer { return p.cfg.Signer }
+
+func (p *Publisher) sign(kind string, m *nats.Msg) error {
+	if p.cfg.Signer == nil {
+		return nil
+	}
+	return p.cfg.Signer.Sign(kind, m)
+}
+
+// signedDeltas are d's stored and live messages, with one signature.
+func (p *Publisher) signedDeltas(d *protocol.Delta, data []byte) (stored, live *nats.Msg, err error) {
+	stored, live = d.Msg(p.names.DeltaSubject(d.Revision), data), d.Msg(p.names.Live(), data)
+	if sg := p.cfg.Signer; sg != nil {
+		sig, err := sg.Signature(protocol.KindDelta, data)
+		if err != nil {
+			return nil, nil, fmt.Errorf("delta %d: %w", d.Revision, err)
+		}
+		sg.SetSignature(stored, sig)
+		sg.SetSignature(live, sig)
+	}
+	return stored, live, nil
+}
+
+// EnsureKey stores the signer's public key record unless the stream's newest one already
+// names it, and then drops older records. Without a signer it does nothing.
+func (p *Publisher) EnsureKey(ctx context.Context) error {
+	sg := p.cfg.Signer
+	if sg == nil {
+		return nil
+	}
+	subject := p.names.KeySubject()
+	st, err := p.read.Last(ctx, p.names.SnapshotStream, subject)
+	if err == nil && st.Header.Get(protocol.HeaderKey) == sg.PublicKey() {
+		if _, err := protocol.DecodeKeyRecord(st.Header, st.Data); err == nil {
+			return nil
+		}
+	}
+	if err != nil && !errors.Is(err, protocol.ErrNotFound) {
+		return fmt.Errorf("read the key record: %w", err)
+	}
+	m, err := sg.KeyMsg(subject)
+	if err != nil {
+		return err
+	}
+	if err := p.fenced("store the key record"); err != nil {
+		return err
+	}
+	if _, err := p.js.PublishMsg(ctx, m); err != nil {
+		return fmt.Errorf("store the key record: %w", err)
+	}
+	s, err := p.js.Stream(ctx, p.names.SnapshotStream)
+	if err == nil {
+		err = s.Purge(ctx, jetstream.WithPurgeSubject(subject), jetstream.WithPurgeKeep(1))
+	}
+	if err != nil {
+		return fmt.Errorf("purge old key records: %w", err)
+	}
+	return nil
 }
 
 // WithFence returns a publisher on the same connection that asks fence before every write
@@ -201,14 +274,24 @@ func (p *Publisher) EnsureStreams(ctx context.Context) error {
 		AllowDirect: true,
 	}
 	for _, sc := range []jetstream.StreamConfig{deltas, snaps} {
+		if err := p.checkStream(ctx, sc.Name, sc.Subjects[0]); err != nil {
+			return err
+		}
 		if _, err := p.js.CreateOrUpdateStream(ctx, sc); err != nil {
+			var apiErr *jetstream.APIError
+			if errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeSubjectOverlap {
+				// Created between the check and now: check again for the names.
+				if cerr := p.checkStream(ctx, sc.Name, sc.Subjects[0]); cerr != nil {
+					return cerr
+				}
+			}
 			return fmt.Errorf("create stream %s: %w", sc.Name, err)
 		}
 	}
 	if err := p.repairSnapshot(ctx); err != nil {
 		return fmt.Errorf("check the stored snapshot: %w", err)
 	}
-	return nil
+	return p.EnsureKey(ctx)
 }
 
 // repairSnapshot deletes the stored manifest when the chunks it names are gone: a syncer
@@ -247,6 +330,85 @@ func (p *Publisher) repairSnapshot(ctx context.Context) error {
 	return nil
 }
 
+// ErrStreamInUse reports that a stream this publisher needs belongs to another subject
+// prefix (a syncer of an earlier version whose stream names collided, or a stream made
+// by hand), or that another stream already serves some of its subjects (prefixes nested
+// in one another, such as acme and acme.delta). The publisher refuses rather than take
+// the stream over: changing its subjects would stall the other publisher for good.
+var ErrStreamInUse = errors.New("stream in use by another subject prefix")
+
+// errCodeSubjectOverlap is nats-server's JSStreamSubjectOverlapErr ("subjects overlap
+// with an existing stream"); nats.go has no constant for it.
+const errCodeSubjectOverlap jetstream.ErrorCode = 10065
+
+// CheckStreams reads, without changing anything, whether the delta and snapshot streams
+// can be this publisher's: an error wrapping ErrStreamInUse names the other prefix. Other
+// errors (NATS down) are returned as they are.
+func (p *Publisher) CheckStreams(ctx context.Context) error {
+	if err := p.checkStream(ctx, p.names.DeltaStream, p.names.DeltaSubjects()); err != nil {
+		return err
+	}
+	return p.checkStream(ctx, p.names.SnapshotStream, p.names.SnapshotSubjects())
+}
+
+// checkStream refuses an existing stream named name that serves other subjects than
+// subject, and other streams that serve subjects matching subject.
+func (p *Publisher) checkStream(ctx context.Context, name, subject string) error {
+	s, err := p.js.Stream(ctx, name)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+	case err != nil:
+		return fmt.Errorf("read stream %s: %w", name, err)
+	default:
+		if have := s.CachedInfo().Config.Subjects; !slices.Equal(have, []string{subject}) {
+			return fmt.Errorf("%w: stream %s serves %s (subject prefix %s), not %s (subject prefix %q): give one of the two syncers another EXTENSION_REGISTRY_SUBJECT_PREFIX, or delete the stream if nothing uses it any more",
+				ErrStreamInUse, name, strings.Join(have, ", "), ownerPrefixes(have), subject, p.names.Prefix)
+		}
+	}
+	var others []string
+	l := p.js.StreamNames(ctx, jetstream.WithStreamListSubject(subject))
+	for other := range l.Name() {
+		if other == name {
+			continue
+		}
+		desc := other
+		if st, err := p.js.Stream(ctx, other); err == nil {
+			subs := st.CachedInfo().Config.Subjects
+			desc = fmt.Sprintf("%s (subjects %s, subject prefix %s)", other, strings.Join(subs, ", "), ownerPrefixes(subs))
+		}
+		others = append(others, desc)
+	}
+	if err := l.Err(); err != nil {
+		return fmt.Errorf("list streams serving %s: %w", subject, err)
+	}
+	if len(others) > 0 {
+		return fmt.Errorf("%w: stream %s of subject prefix %q would serve %s, which overlaps stream %s: use subject prefixes that are not nested in one another",
+			ErrStreamInUse, name, p.names.Prefix, subject, strings.Join(others, "; "))
+	}
+	return nil
+}
+
+// ownerPrefixes guesses the subject prefix that made a stream with these subjects.
+func ownerPrefixes(subjects []string) string {
+	var out []string
+	for _, s := range subjects {
+		for _, suffix := range []string{".delta.>", ".snapshot.>"} {
+			if p, ok := strings.CutSuffix(s, suffix); ok {
+				out = append(out, strconv.Quote(p))
+				s = ""
+				break
+			}
+		}
+		if s != "" {
+			out = append(out, "unknown")
+		}
+	}
+	if len(out) == 0 {
+		return "unknown"
+	}
+	return strings.Join(slices.Compact(out), ", ")
+}
+
 // MaxDelta is the largest delta payload PublishDelta accepts on this connection.
 func (p *Publisher) MaxDelta() int { return p.maxMessage() }
 
@@ -283,8 +445,11 @@ func (p *Publisher) StoreDelta(ctx context.Context, d *protocol.Delta, data []by
 	if err := p.fenced(fmt.Sprintf("publish delta %d", d.Revision)); err != nil {
 		return 0, err
 	}
-	subject := p.names.DeltaSubject(d.Revision)
-	ack, err := p.js.PublishMsg(ctx, d.Msg(subject, data),
+	stored, live, err := p.signedDeltas(d, data)
+	if err != nil {
+		return 0, err
+	}
+	ack, err := p.js.PublishMsg(ctx, stored,
 		jetstream.WithMsgID(p.names.MsgID(d.Revision)),
 		jetstream.WithExpectLastSequencePerSubject(0))
 	if err == nil && ack.Duplicate {
@@ -294,7 +459,8 @@ func (p *Publisher) StoreDelta(ctx context.Context, d *protocol.Delta, data []by
 		// window all the same. Then store it without the id: the expected last-subject
 		// sequence 0 still stores it at most once.
 		if _, rerr := p.read.Delta(ctx, d.Revision); errors.Is(rerr, protocol.ErrNotFound) {
-			ack, err = p.js.PublishMsg(ctx, d.Msg(subject, data), jetstream.WithExpectLastSequencePerSubject(0))
+			stored.Header.Del(jetstream.MsgIDHeader)
+			ack, err = p.js.PublishMsg(ctx, stored, jetstream.WithExpectLastSequencePerSubject(0))
 		}
 	}
 	var seq uint64
@@ -322,7 +488,7 @@ func (p *Publisher) StoreDelta(ctx context.Context, d *protocol.Delta, data []by
 	if err := p.fenced(fmt.Sprintf("announce delta %d", d.Revision)); err != nil {
 		return seq, err
 	}
-	if err := p.nc.PublishMsg(d.Msg(p.names.Live(), data)); err != nil {
+	if err := p.nc.PublishMsg(live); err != nil {
 		return seq, fmt.Errorf("announce delta %d: %w", d.Revision, err)
 	}
 	return seq, nil
@@ -334,10 +500,15 @@ func (p *Publisher) Heartbeat(hb *protocol.Heartbeat) error {
 	if err != nil {
 		return err
 	}
+	m := nats.NewMsg(p.names.Heartbeat())
+	m.Data = data
+	if err := p.sign(protocol.KindHeartbeat, m); err != nil {
+		return err
+	}
 	if err := p.fenced("heartbeat"); err != nil {
 		return err
 	}
-	return p.nc.Publish(p.names.Heartbeat(), data)
+	return p.nc.PublishMsg(m)
 }
 
 // LastDelta returns the newest stored delta, or nil when the stream holds none.
@@ -447,6 +618,13 @@ func (p *Publisher) WriteSnapshotFrom(ctx context.Context, snap *cache.Snapshot,
 	mm.Data = data
 	mm.Header.Set(protocol.HeaderRevision, strconv.FormatInt(man.Revision, 10))
 	mm.Header.Set(protocol.HeaderChecksum, man.Checksum)
+	if err := p.sign(protocol.KindManifest, mm); err != nil {
+		return nil, err
+	}
+	// The key record first: a stream with a size limit may have dropped it.
+	if err := p.EnsureKey(ctx); err != nil {
+		return nil, fmt.Errorf("write snapshot %d: %w", snap.Revision(), err)
+	}
 	if _, err := p.js.PublishMsg(ctx, mm); err != nil {
 		return nil, fmt.Errorf("write snapshot %d manifest: %w", snap.Revision(), err)
 	}

@@ -198,6 +198,7 @@ func (s *term) publishDelta(ctx context.Context, d *protocol.Delta, next *cache.
 		o.CommittedAt = d.CommittedAt
 	}
 	s.setPublished(next, s.cursor, o)
+	s.fleetView.Published(d.Revision, d.CommittedAt)
 	return nil
 }
 

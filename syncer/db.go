@@ -2,7 +2,6 @@ package syncer
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"time"
 
@@ -10,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/beamline/registry-syncer/cache"
+	"github.com/beamline/registry-syncer/changelog"
 )
 
 // revision is one committed registry transaction read from the change log.
@@ -67,7 +67,7 @@ func readRevisions(ctx context.Context, q querier, after, upTo int64, limit int)
 		if entity == nil { // a revision without changes (registry_sync of nothing)
 			continue
 		}
-		ch, err := toChange(*entity, *id, *key, *action, newValues)
+		ch, err := changelog.ToChange(*entity, *id, *key, *action, newValues)
 		if err != nil {
 			return nil, 0, fmt.Errorf("change log revision %d: %w", *rev, err)
 		}
@@ -78,74 +78,6 @@ func readRevisions(ctx context.Context, q querier, after, upTo int64, limit int)
 		return nil, 0, fmt.Errorf("read change log: %w", err)
 	}
 	return out, counter, nil
-}
-
-// toChange turns one change-log row into a protocol change, re-encoding the row to the
-// snapshot's fields only (timestamps and authors are not snapshot data).
-func toChange(entity, id, key, action string, newValues []byte) (cache.Change, error) {
-	kind := map[string]string{"extension": cache.KindExtension, "version": cache.KindVersion,
-		"instance": cache.KindInstance, "aggregate": cache.KindAggregate}[entity]
-	if kind == "" {
-		return cache.Change{}, fmt.Errorf("unknown entity %q", entity)
-	}
-	ch := cache.Change{Kind: kind, ID: id, Key: key}
-	if action == "delete" || len(newValues) == 0 || string(newValues) == "null" {
-		ch.Op = cache.OpDelete
-		return ch, nil
-	}
-	ch.Op = cache.OpPut
-	var v any
-	switch kind {
-	case cache.KindExtension:
-		var e cache.Extension
-		if err := json.Unmarshal(newValues, &e); err != nil {
-			return ch, fmt.Errorf("extension %q: %w", id, err)
-		}
-		e.Versions, e.Instances = nil, nil
-		v = extensionFields(e)
-	case cache.KindVersion:
-		var x cache.Version
-		if err := json.Unmarshal(newValues, &x); err != nil {
-			return ch, fmt.Errorf("version %q/%q: %w", id, key, err)
-		}
-		v = x
-	case cache.KindInstance:
-		var x cache.Instance
-		if err := json.Unmarshal(newValues, &x); err != nil {
-			return ch, fmt.Errorf("instance %q/%q: %w", id, key, err)
-		}
-		v = x
-	case cache.KindAggregate:
-		var e cache.Extension
-		if err := json.Unmarshal(newValues, &e); err != nil {
-			return ch, fmt.Errorf("aggregate %q: %w", id, err)
-		}
-		v = e
-	}
-	raw, err := json.Marshal(v)
-	if err != nil {
-		return ch, err
-	}
-	ch.Value = raw
-	return ch, nil
-}
-
-// extensionFields is an extension's own fields, as carried by a "put extension" change.
-type extensionFieldsDoc struct {
-	ID        string          `json:"id"`
-	Type      string          `json:"type"`
-	Subject   string          `json:"subject"`
-	TimeoutMS int             `json:"timeout_ms"`
-	Retry     int             `json:"retry"`
-	Enabled   bool            `json:"enabled"`
-	Version   string          `json:"version"`
-	Config    json.RawMessage `json:"config"`
-	Metadata  json.RawMessage `json:"metadata"`
-}
-
-func extensionFields(e cache.Extension) extensionFieldsDoc {
-	return extensionFieldsDoc{ID: e.ID, Type: e.Type, Subject: e.Subject, TimeoutMS: e.TimeoutMS, Retry: e.Retry,
-		Enabled: e.Enabled, Version: e.Version, Config: e.Config, Metadata: e.Metadata}
 }
 
 // registryRead is the whole registry at one revision: the snapshot of every valid

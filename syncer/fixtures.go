@@ -43,6 +43,9 @@ func FixtureSnapshot(dir string, revision int64) (*cache.Snapshot, error) {
 func (p *Syncer) runFixtures(ctx context.Context) error {
 	// One term without a lease: the fixtures source has no database to elect in (run one
 	// such syncer per prefix).
+	if err := p.useKey(ctx, nil); err != nil {
+		return err
+	}
 	s := newTerm(p, nil)
 	defer s.stop()
 	s.update(func(st *Status) {
@@ -58,6 +61,11 @@ func (p *Syncer) runFixtures(ctx context.Context) error {
 	if err := s.ensureStreams(ctx); err != nil {
 		return err
 	}
+	stopFleet, err := s.serveFleet()
+	if err != nil {
+		return err
+	}
+	defer stopFleet()
 	published, _, _, err := s.loadPublished(ctx)
 	if err != nil {
 		return err

@@ -1,6 +1,9 @@
 package syncer
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/beamline/registry-syncer/fleet"
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // Metrics are the syncer's Prometheus metrics, registered on an injected registry.
 type Metrics struct {
@@ -24,6 +27,8 @@ type Metrics struct {
 	Leader            prometheus.Gauge
 	DatabaseUp        prometheus.Gauge
 	Lag               prometheus.Histogram
+	// Fleet are the metrics of the leader's fleet view (router reports).
+	Fleet *fleet.Metrics
 }
 
 // NewMetrics creates the metrics and registers them on reg (nil: not registered).
@@ -58,6 +63,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Time from a registry transaction's commit to its delta being stored and announced.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
 	}
+	m.Fleet = fleet.NewMetrics(reg)
 	if reg != nil {
 		reg.MustRegister(m.Notifications, m.Revisions, m.PublishErrors, m.Republished, m.ReconcileRuns,
 			m.ReconcileRepairs, m.DriftExtensions, m.ApplyErrors, m.TimelineChanges, m.Withheld, m.SnapshotWrites, m.ListenerReconnect,

@@ -14,8 +14,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 
+	"github.com/beamline/registry-syncer/fleet"
 	"github.com/beamline/registry-syncer/leadership"
+	"github.com/beamline/registry-syncer/protocol"
 	"github.com/beamline/registry-syncer/publisher"
+	"github.com/beamline/registry-syncer/signingkey"
 )
 
 // Roles of a syncer process, as /readyz reports them.
@@ -57,11 +60,19 @@ type Status struct {
 // leadership term (what was published, the cursor, the history, the snapshot writer) is
 // in a term value (term.go), created when the term starts and dropped when it ends.
 type Syncer struct {
-	cfg     Config
+	cfg Config
+	// base is the injected logger with this instance's id; the parts this package starts
+	// (listener, leadership) add their own component to it.
+	base    *slog.Logger
 	log     *slog.Logger
 	metrics *Metrics
 	nc      *nats.Conn
 	pub     *publisher.Publisher
+	// keyConfigured: pubCfg.Signer was given (EXTENSION_REGISTRY_SIGNING_KEY); otherwise
+	// useKey sets pub's signer at every term from the database (or, without one, a key of
+	// this process); keySeed is the seed signed with so far. Owned by the Run goroutine.
+	keyConfigured bool
+	keySeed       []byte
 
 	poolOnce sync.Once
 	pool     *pgxpool.Pool
@@ -72,6 +83,9 @@ type Syncer struct {
 	highWater atomic.Int64
 
 	force chan chan error
+
+	// fleet is the current term's view of the routers (nil while not leading).
+	fleet atomic.Pointer[fleet.Fleet]
 
 	mu     sync.Mutex
 	status Status
@@ -90,8 +104,9 @@ func New(cfg Config, nc *nats.Conn, pubCfg publisher.Config, log *slog.Logger, m
 	if metrics == nil {
 		metrics = NewMetrics(nil)
 	}
-	s := &Syncer{cfg: cfg, log: log.With("component", "syncer", "instance", cfg.InstanceID), metrics: metrics,
-		nc: nc, pub: pub, force: make(chan chan error)}
+	base := log.With("instance", cfg.InstanceID)
+	s := &Syncer{cfg: cfg, base: base, log: base.With("component", "syncer"), metrics: metrics,
+		nc: nc, pub: pub, force: make(chan chan error), keyConfigured: pubCfg.Signer != nil}
 	s.status.Source, s.status.Role, s.status.SnapshotRevision = cfg.Source, RoleStarting, -1
 	return s, nil
 }
@@ -151,6 +166,21 @@ func (s *Syncer) update(f func(*Status)) {
 	s.mu.Lock()
 	f(&s.status)
 	s.mu.Unlock()
+}
+
+// ErrNotLeader is returned by what only the leading syncer can answer.
+var ErrNotLeader = errors.New("not the leader: only the leading syncer keeps the fleet view")
+
+// Fleet returns the leader's view of the routers with the database and published
+// revisions (GET /admin/routers, the P.status request).
+func (s *Syncer) Fleet() (*protocol.FleetStatus, error) {
+	f := s.fleet.Load()
+	if f == nil {
+		return nil, ErrNotLeader
+	}
+	st := s.Status()
+	return &protocol.FleetStatus{Syncer: s.cfg.InstanceID, Time: time.Now().UTC(), DatabaseRevision: st.DatabaseRevision,
+		PublishedRevision: st.Revision, PublishedChecksum: st.Checksum, Routers: f.Routers(time.Now())}, nil
 }
 
 // ForceSync asks the leader for a full sync (reconcile and repair) and waits for it.
@@ -270,6 +300,46 @@ func backoff(attempt int) time.Duration {
 	return d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
 }
 
+// useKey gives the publisher its signing key before a term starts, unless one was
+// configured: the registry's key from the database (pool), generated and stored there by
+// the first syncer that needs one; without a database (fixtures), a key generated for this
+// process. The key signed with so far is offered to the database, so that it stays the
+// registry's key when the database had none (source auto, a re-created database).
+func (s *Syncer) useKey(ctx context.Context, pool *pgxpool.Pool) error {
+	if s.keyConfigured || (pool == nil && s.pub.Signer() != nil) {
+		return nil
+	}
+	var signer *protocol.Signer
+	var err error
+	if pool == nil {
+		signer, s.keySeed, err = protocol.GenerateSigner()
+		if err != nil {
+			return err
+		}
+		s.log.WarnContext(ctx, "syncer: no EXTENSION_REGISTRY_SIGNING_KEY and no database: signing with a key of this process (routers trust it until they restart)",
+			"public_key", signer.PublicKey())
+	} else {
+		kctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		var seed []byte
+		signer, seed, err = signingkey.FromDatabase(kctx, pool, s.keySeed)
+		cancel()
+		if err != nil {
+			return err // keySeed stays: it is offered again at the next term
+		}
+		s.keySeed = seed
+		if cur := s.pub.Signer(); cur != nil {
+			if cur.PublicKey() == signer.PublicKey() {
+				return nil
+			}
+			s.log.WarnContext(ctx, "syncer: the database holds another signing key than the one signed with so far; routers that trust only the old key refuse what follows",
+				"old_public_key", cur.PublicKey(), "public_key", signer.PublicKey())
+		}
+		s.log.InfoContext(ctx, "syncer: signing with the registry's key from the database", "public_key", signer.PublicKey())
+	}
+	s.pub = s.pub.WithSigner(signer)
+	return nil
+}
+
 // runDatabase takes the leadership, leads for one term until it is lost or fails, and
 // starts over.
 func (s *Syncer) runDatabase(ctx context.Context) error {
@@ -278,7 +348,7 @@ func (s *Syncer) runDatabase(ctx context.Context) error {
 		return err
 	}
 	el, err := leadership.New(pool, leadership.Config{Holder: s.cfg.InstanceID, TTL: s.cfg.LeaderTTL,
-		RetryInterval: s.cfg.LeaderRetry}, s.log)
+		RetryInterval: s.cfg.LeaderRetry}, s.base)
 	if err != nil {
 		return err
 	}
@@ -291,11 +361,14 @@ func (s *Syncer) runDatabase(ctx context.Context) error {
 			}
 			return err
 		}
-		t := newTerm(s, lease)
-		err = t.lead(ctx)
-		t.stop()
+		progressed := false
+		if err = s.useKey(ctx, pool); err == nil {
+			t := newTerm(s, lease)
+			err = t.lead(ctx)
+			t.stop()
+			progressed = t.caughtUpOnce
+		}
 		lease.Release()
-		progressed := t.caughtUpOnce
 		s.update(func(st *Status) {
 			// Not a standby until another syncer is seen leading: this one may be the only
 			// one, failing (Error says why) and about to try again.

@@ -2,15 +2,20 @@ package syncer
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/beamline/registry-syncer/cache"
+	"github.com/beamline/registry-syncer/fleet"
 	"github.com/beamline/registry-syncer/leadership"
 	"github.com/beamline/registry-syncer/listener"
+	"github.com/beamline/registry-syncer/protocol"
 	"github.com/beamline/registry-syncer/publisher"
+	"github.com/nats-io/nats.go"
 )
 
 // term is one leadership term: everything that is only true while this process publishes
@@ -39,6 +44,7 @@ type term struct {
 	pendingAfter int64
 	caughtUpOnce bool  // the term caught up at least once (it worked until it ended)
 	chainNext    int64 // where verifyChain goes on (0: from the head)
+	fleetView    *fleet.Fleet
 	withheld     withholding
 
 	// The snapshot writer (snapshot.go) runs beside the publishing goroutine.
@@ -53,7 +59,7 @@ type term struct {
 }
 
 func newTerm(s *Syncer, lease *leadership.Term) *term {
-	t := &term{Syncer: s, lease: lease, pub: s.pub, history: newHistory(s.cfg.History), withheld: withholding{},
+	t := &term{Syncer: s, lease: lease, pub: s.pub, fleetView: fleet.New(s.metrics.Fleet), history: newHistory(s.cfg.History), withheld: withholding{},
 		snapWake: make(chan struct{}, 1), writerStop: make(chan struct{}), writerDone: make(chan struct{})}
 	if lease != nil {
 		t.pub = s.pub.WithFence(lease.Valid)
@@ -106,8 +112,13 @@ func (s *term) leadLoop(ctx context.Context) error {
 	if err := s.ensureStreams(ctx); err != nil {
 		return err
 	}
+	stopFleet, err := s.serveFleet()
+	if err != nil {
+		return err
+	}
+	defer stopFleet()
 	lcfg := s.cfg.Listener
-	lis, err := listener.New(lcfg, s.log, nil)
+	lis, err := listener.New(lcfg, s.base, nil)
 	if err != nil {
 		return err
 	}
@@ -159,6 +170,7 @@ func (s *term) leadLoop(ctx context.Context) error {
 		s.heartbeat()
 		s.checkStream(ctx)
 		s.verifyChain(ctx)
+		s.fleetView.Routers(time.Now()) // refreshes the fleet gauges
 		return nil
 	}
 	for {
@@ -232,9 +244,11 @@ func (s *term) ensureStreams(ctx context.Context) error {
 	}
 }
 
-// fatalNATS reports a NATS server this product cannot work with: retrying cannot help.
+// fatalNATS reports a NATS server this product cannot work with, or streams another
+// prefix owns: retrying cannot help.
 func fatalNATS(err error) bool {
-	return errors.Is(err, publisher.ErrUnsupportedServer) || errors.Is(err, publisher.ErrNoJetStream)
+	return errors.Is(err, publisher.ErrUnsupportedServer) || errors.Is(err, publisher.ErrNoJetStream) ||
+		errors.Is(err, publisher.ErrStreamInUse)
 }
 
 // publishOK records that NATS took a write (readiness: the leader can publish).
@@ -261,4 +275,44 @@ func (s *term) kickSnapshotWriter() {
 	case s.snapWake <- struct{}{}:
 	default:
 	}
+}
+
+// serveFleet keeps this term's fleet view from the routers' reports and answers status
+// requests on P.status; stop ends both.
+func (s *term) serveFleet() (stop func(), err error) {
+	names := s.pub.Names()
+	reports, err := s.nc.Subscribe(names.Reports(), func(m *nats.Msg) {
+		r, err := protocol.DecodeReport(m.Data)
+		if err != nil {
+			s.fleetView.Invalid()
+			return
+		}
+		s.fleetView.Observe(r, time.Now())
+	})
+	if err != nil {
+		return nil, fmt.Errorf("subscribe to router reports: %w", err)
+	}
+	status, err := s.nc.Subscribe(names.Status(), func(m *nats.Msg) {
+		if s.lease != nil && s.lease.Valid() != nil {
+			return // deposed: the next leader answers
+		}
+		fs, err := s.Fleet()
+		if err != nil {
+			return
+		}
+		if data, err := json.Marshal(fs); err == nil {
+			_ = m.Respond(data)
+		}
+	})
+	if err != nil {
+		_ = reports.Unsubscribe()
+		return nil, fmt.Errorf("subscribe to status requests: %w", err)
+	}
+	s.Syncer.fleet.Store(s.fleetView)
+	return func() {
+		s.Syncer.fleet.CompareAndSwap(s.fleetView, nil)
+		_ = reports.Unsubscribe()
+		_ = status.Unsubscribe()
+		s.metrics.Fleet.Reset()
+	}, nil
 }

@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"slices"
 	"sort"
-	"strings"
 
 	"github.com/beamline/registry-syncer/cache"
+	"github.com/beamline/registry-syncer/changelog"
 )
 
 // Publishing never stops for one row (DESIGN.md invariant 9). A revision whose changes to
@@ -115,7 +115,7 @@ func (s *term) prepare(rev int64, changes []cache.Change) ([]cache.Change, *cach
 	// Shadows follow the database, change by change, without validation.
 	for _, c := range changes {
 		if a, ok := s.withheld[c.ID]; ok {
-			if err := applyRaw(a, c); err != nil {
+			if err := changelog.Replay(&a.shadow, c); err != nil {
 				a.Reason = fmt.Sprintf("%s; and revision %d: %v", a.Reason, rev, err)
 			}
 		}
@@ -164,63 +164,6 @@ func aggregateChange(id string, e *cache.Extension) (cache.Change, error) {
 		return cache.Change{}, fmt.Errorf("encode aggregate %q: %w", id, err)
 	}
 	return cache.Change{Op: cache.OpPut, Kind: cache.KindAggregate, ID: id, Value: raw}, nil
-}
-
-// applyRaw applies one change to a shadow aggregate as the database did, without
-// validating anything.
-func applyRaw(a *withheldAgg, c cache.Change) error {
-	switch {
-	case c.Op == cache.OpDelete && (c.Kind == cache.KindExtension || c.Kind == cache.KindAggregate):
-		a.shadow = nil
-	case c.Op == cache.OpPut && c.Kind == cache.KindAggregate:
-		var e cache.Extension
-		if err := json.Unmarshal(c.Value, &e); err != nil {
-			return fmt.Errorf("decode aggregate: %w", err)
-		}
-		a.shadow = &e
-	case c.Op == cache.OpPut && c.Kind == cache.KindExtension:
-		var e cache.Extension
-		if err := json.Unmarshal(c.Value, &e); err != nil {
-			return fmt.Errorf("decode extension: %w", err)
-		}
-		if a.shadow != nil {
-			e.Versions, e.Instances = a.shadow.Versions, a.shadow.Instances
-		} else {
-			e.Versions, e.Instances = nil, nil
-		}
-		a.shadow = &e
-	case c.Kind == cache.KindVersion:
-		if a.shadow == nil {
-			return nil // the database refuses a version of a missing extension (foreign key)
-		}
-		vs := slices.DeleteFunc(slices.Clone(a.shadow.Versions), func(v cache.Version) bool { return v.Version == c.Key })
-		if c.Op == cache.OpPut {
-			var v cache.Version
-			if err := json.Unmarshal(c.Value, &v); err != nil {
-				return fmt.Errorf("decode version: %w", err)
-			}
-			vs = append(vs, v)
-			slices.SortFunc(vs, func(x, y cache.Version) int { return strings.Compare(x.Version, y.Version) })
-		}
-		a.shadow.Versions = vs
-	case c.Kind == cache.KindInstance:
-		if a.shadow == nil {
-			return nil
-		}
-		ins := slices.DeleteFunc(slices.Clone(a.shadow.Instances), func(in cache.Instance) bool { return in.InstanceID == c.Key })
-		if c.Op == cache.OpPut {
-			var in cache.Instance
-			if err := json.Unmarshal(c.Value, &in); err != nil {
-				return fmt.Errorf("decode instance: %w", err)
-			}
-			ins = append(ins, in)
-			slices.SortFunc(ins, func(x, y cache.Instance) int { return strings.Compare(x.InstanceID, y.InstanceID) })
-		}
-		a.shadow.Instances = ins
-	default:
-		return fmt.Errorf("unknown change %s %s", c.Op, c.Kind)
-	}
-	return nil
 }
 
 // splitInvalid builds a snapshot from exts, leaving out (and returning) every extension

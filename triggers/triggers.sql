@@ -28,13 +28,20 @@
 -- with what it published and repairs any difference under a new revision by calling
 -- registry_sync(), which writes 'sync' entries for the drifted extensions.
 
-CREATE FUNCTION registry_channel() RETURNS text
-LANGUAGE sql STABLE SET search_path FROM CURRENT AS $$
-    SELECT left(current_schema() || '.registry_revision', 63)
-$$;
+-- Every statement here can run again on a schema that has an earlier version of this file:
+-- functions are CREATE OR REPLACE, triggers are created only where missing (an existing
+-- trigger calls its function by name, so it runs the new body; and not touching triggers
+-- takes no table lock, so writers keep committing while a migration runs this file). A
+-- change to this file ships as a new migration that runs it again
+-- (migrations.TriggersReinstalled), so databases migrated earlier get it too; a change to a
+-- trigger's own definition (its events or timing, not its function) needs a migration of
+-- its own that drops and re-creates it.
+
+-- registry_channel(), the NOTIFY channel, is in channel.sql (installed with this file, and
+-- again by migration 4 for schemas that had the earlier definition).
 
 -- Registers the current transaction for a revision (once per transaction).
-CREATE FUNCTION registry_mark_pending() RETURNS void
+CREATE OR REPLACE FUNCTION registry_mark_pending() RETURNS void
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
     x xid8 := pg_current_xact_id();
@@ -47,7 +54,7 @@ END
 $$;
 
 -- Runs at COMMIT (deferred), once per registry transaction: takes the next revision.
-CREATE FUNCTION registry_commit() RETURNS trigger
+CREATE OR REPLACE FUNCTION registry_commit() RETURNS trigger
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
     rev bigint;
@@ -63,17 +70,21 @@ BEGIN
 END
 $$;
 
-CREATE CONSTRAINT TRIGGER registry_commit
-    AFTER INSERT ON registry_pending
-    DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW EXECUTE FUNCTION registry_commit();
+DO $do$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'registry_commit' AND tgrelid = 'registry_pending'::regclass) THEN
+        CREATE CONSTRAINT TRIGGER registry_commit
+        AFTER INSERT ON registry_pending
+        DEFERRABLE INITIALLY DEFERRED
+        FOR EACH ROW EXECUTE FUNCTION registry_commit();
+    END IF;
+END $do$;
 
 -- BEFORE UPDATE row triggers: keys are immutable (delete and insert instead), and
 -- updated_at/updated_by move only when the content really changes.
 -- Like every function here they pin the search_path (registry_actor() is unqualified), so
 -- a client whose search_path does not include the registry schema can still write
 -- schema.extensions.
-CREATE FUNCTION registry_extensions_touch() RETURNS trigger
+CREATE OR REPLACE FUNCTION registry_extensions_touch() RETURNS trigger
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
     IF NEW.id IS DISTINCT FROM OLD.id THEN
@@ -89,10 +100,14 @@ BEGIN
     RETURN NEW;
 END
 $$;
-CREATE TRIGGER registry_extensions_touch BEFORE UPDATE ON extensions
-    FOR EACH ROW EXECUTE FUNCTION registry_extensions_touch();
+DO $do$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'registry_extensions_touch' AND tgrelid = 'extensions'::regclass) THEN
+        CREATE TRIGGER registry_extensions_touch BEFORE UPDATE ON extensions
+        FOR EACH ROW EXECUTE FUNCTION registry_extensions_touch();
+    END IF;
+END $do$;
 
-CREATE FUNCTION registry_versions_touch() RETURNS trigger
+CREATE OR REPLACE FUNCTION registry_versions_touch() RETURNS trigger
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
     IF NEW.id IS DISTINCT FROM OLD.id OR NEW.version IS DISTINCT FROM OLD.version THEN
@@ -102,10 +117,14 @@ BEGIN
     RETURN NEW;
 END
 $$;
-CREATE TRIGGER registry_versions_touch BEFORE UPDATE ON extension_versions
-    FOR EACH ROW EXECUTE FUNCTION registry_versions_touch();
+DO $do$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'registry_versions_touch' AND tgrelid = 'extension_versions'::regclass) THEN
+        CREATE TRIGGER registry_versions_touch BEFORE UPDATE ON extension_versions
+        FOR EACH ROW EXECUTE FUNCTION registry_versions_touch();
+    END IF;
+END $do$;
 
-CREATE FUNCTION registry_instances_touch() RETURNS trigger
+CREATE OR REPLACE FUNCTION registry_instances_touch() RETURNS trigger
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
     IF NEW.extension_id IS DISTINCT FROM OLD.extension_id OR NEW.instance_id IS DISTINCT FROM OLD.instance_id THEN
@@ -119,13 +138,17 @@ BEGIN
     RETURN NEW;
 END
 $$;
-CREATE TRIGGER registry_instances_touch BEFORE UPDATE ON extension_instances
-    FOR EACH ROW EXECUTE FUNCTION registry_instances_touch();
+DO $do$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'registry_instances_touch' AND tgrelid = 'extension_instances'::regclass) THEN
+        CREATE TRIGGER registry_instances_touch BEFORE UPDATE ON extension_instances
+        FOR EACH ROW EXECUTE FUNCTION registry_instances_touch();
+    END IF;
+END $do$;
 
 -- Statement-level AFTER triggers with transition tables: one set-based INSERT into the
 -- change log per statement, however many rows it touched (a 100,000-row import is one
 -- INSERT ... SELECT, not 100,000 trigger calls).
-CREATE FUNCTION registry_extensions_changed() RETURNS trigger
+CREATE OR REPLACE FUNCTION registry_extensions_changed() RETURNS trigger
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
     changed bigint;
@@ -164,7 +187,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION registry_versions_changed() RETURNS trigger
+CREATE OR REPLACE FUNCTION registry_versions_changed() RETURNS trigger
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
     changed bigint;
@@ -194,7 +217,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION registry_instances_changed() RETURNS trigger
+CREATE OR REPLACE FUNCTION registry_instances_changed() RETURNS trigger
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
     changed bigint;
@@ -227,31 +250,67 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER registry_extensions_insert AFTER INSERT ON extensions
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION registry_extensions_changed();
-CREATE TRIGGER registry_extensions_update AFTER UPDATE ON extensions
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION registry_extensions_changed();
-CREATE TRIGGER registry_extensions_delete AFTER DELETE ON extensions
-    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION registry_extensions_changed();
+DO $do$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'registry_extensions_insert' AND tgrelid = 'extensions'::regclass) THEN
+        CREATE TRIGGER registry_extensions_insert AFTER INSERT ON extensions
+        REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION registry_extensions_changed();
+    END IF;
+END $do$;
+DO $do$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'registry_extensions_update' AND tgrelid = 'extensions'::regclass) THEN
+        CREATE TRIGGER registry_extensions_update AFTER UPDATE ON extensions
+        REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION registry_extensions_changed();
+    END IF;
+END $do$;
+DO $do$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'registry_extensions_delete' AND tgrelid = 'extensions'::regclass) THEN
+        CREATE TRIGGER registry_extensions_delete AFTER DELETE ON extensions
+        REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION registry_extensions_changed();
+    END IF;
+END $do$;
 
-CREATE TRIGGER registry_versions_insert AFTER INSERT ON extension_versions
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION registry_versions_changed();
-CREATE TRIGGER registry_versions_update AFTER UPDATE ON extension_versions
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION registry_versions_changed();
-CREATE TRIGGER registry_versions_delete AFTER DELETE ON extension_versions
-    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION registry_versions_changed();
+DO $do$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'registry_versions_insert' AND tgrelid = 'extension_versions'::regclass) THEN
+        CREATE TRIGGER registry_versions_insert AFTER INSERT ON extension_versions
+        REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION registry_versions_changed();
+    END IF;
+END $do$;
+DO $do$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'registry_versions_update' AND tgrelid = 'extension_versions'::regclass) THEN
+        CREATE TRIGGER registry_versions_update AFTER UPDATE ON extension_versions
+        REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION registry_versions_changed();
+    END IF;
+END $do$;
+DO $do$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'registry_versions_delete' AND tgrelid = 'extension_versions'::regclass) THEN
+        CREATE TRIGGER registry_versions_delete AFTER DELETE ON extension_versions
+        REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION registry_versions_changed();
+    END IF;
+END $do$;
 
-CREATE TRIGGER registry_instances_insert AFTER INSERT ON extension_instances
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION registry_instances_changed();
-CREATE TRIGGER registry_instances_update AFTER UPDATE ON extension_instances
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION registry_instances_changed();
-CREATE TRIGGER registry_instances_delete AFTER DELETE ON extension_instances
-    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION registry_instances_changed();
+DO $do$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'registry_instances_insert' AND tgrelid = 'extension_instances'::regclass) THEN
+        CREATE TRIGGER registry_instances_insert AFTER INSERT ON extension_instances
+        REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION registry_instances_changed();
+    END IF;
+END $do$;
+DO $do$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'registry_instances_update' AND tgrelid = 'extension_instances'::regclass) THEN
+        CREATE TRIGGER registry_instances_update AFTER UPDATE ON extension_instances
+        REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION registry_instances_changed();
+    END IF;
+END $do$;
+DO $do$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'registry_instances_delete' AND tgrelid = 'extension_instances'::regclass) THEN
+        CREATE TRIGGER registry_instances_delete AFTER DELETE ON extension_instances
+        REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION registry_instances_changed();
+    END IF;
+END $do$;
 
 -- TRUNCATE has no row events, so the statement triggers above never see it: log every row
 -- it is about to remove as a delete, in the same revision, before it goes. (TRUNCATE
 -- extensions CASCADE fires this for each truncated table.)
-CREATE FUNCTION registry_truncated() RETURNS trigger
+CREATE OR REPLACE FUNCTION registry_truncated() RETURNS trigger
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
     changed bigint;
@@ -275,16 +334,28 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER registry_extensions_truncate BEFORE TRUNCATE ON extensions
-    FOR EACH STATEMENT EXECUTE FUNCTION registry_truncated();
-CREATE TRIGGER registry_versions_truncate BEFORE TRUNCATE ON extension_versions
-    FOR EACH STATEMENT EXECUTE FUNCTION registry_truncated();
-CREATE TRIGGER registry_instances_truncate BEFORE TRUNCATE ON extension_instances
-    FOR EACH STATEMENT EXECUTE FUNCTION registry_truncated();
+DO $do$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'registry_extensions_truncate' AND tgrelid = 'extensions'::regclass) THEN
+        CREATE TRIGGER registry_extensions_truncate BEFORE TRUNCATE ON extensions
+        FOR EACH STATEMENT EXECUTE FUNCTION registry_truncated();
+    END IF;
+END $do$;
+DO $do$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'registry_versions_truncate' AND tgrelid = 'extension_versions'::regclass) THEN
+        CREATE TRIGGER registry_versions_truncate BEFORE TRUNCATE ON extension_versions
+        FOR EACH STATEMENT EXECUTE FUNCTION registry_truncated();
+    END IF;
+END $do$;
+DO $do$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'registry_instances_truncate' AND tgrelid = 'extension_instances'::regclass) THEN
+        CREATE TRIGGER registry_instances_truncate BEFORE TRUNCATE ON extension_instances
+        FOR EACH STATEMENT EXECUTE FUNCTION registry_truncated();
+    END IF;
+END $do$;
 
 -- The whole aggregate of one extension (its row, versions and instances) as JSON, or NULL
 -- when it does not exist.
-CREATE FUNCTION registry_aggregate(ext_id text) RETURNS jsonb
+CREATE OR REPLACE FUNCTION registry_aggregate(ext_id text) RETURNS jsonb
 LANGUAGE sql STABLE SET search_path FROM CURRENT AS $$
     SELECT to_jsonb(e) || jsonb_build_object(
         'versions', coalesce((SELECT jsonb_agg(to_jsonb(v) ORDER BY v.version) FROM extension_versions v WHERE v.id = e.id), '[]'::jsonb),
@@ -299,7 +370,7 @@ $$;
 -- commit: the recorded aggregates are exactly the state at the new revision.
 -- floor_revision raises the counter so that the new revision is above a revision already
 -- published from another source (the only way revision numbers ever skip).
-CREATE FUNCTION registry_sync(ids text[], floor_revision bigint DEFAULT 0) RETURNS void
+CREATE OR REPLACE FUNCTION registry_sync(ids text[], floor_revision bigint DEFAULT 0) RETURNS void
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
     PERFORM 1 FROM registry_counter FOR UPDATE;

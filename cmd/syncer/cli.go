@@ -46,9 +46,16 @@ func init() {
 		{"migrate", "[status]", "apply pending schema migrations (idempotent); status lists every migration", cmdMigrate},
 		{"fixtures", "import [DIR] | export DIR | verify [DIR]", "import fixture files into the database, export the database as fixture files, or verify that they match (exit 1 on differences)", cmdFixtures},
 		{"watch", "[--json] [--dump] [--once] [--timeout D]", "subscribe exactly like a router and print each applied revision (--json: one object per revision; --dump --once: print the current snapshot and exit)", cmdWatch},
+		{"status", "[--json] [--timeout D]", "the database and published revisions and every router's applied revision, state and staleness, from the leading syncer (a NATS request: works from any machine with NATS access)", cmdStatus},
+		{"wait", "--revision R | --current [--routers N | --all] [--timeout D]", "exit 0 once N (or all live) routers applied revision R or later, 1 on timeout listing the laggards", cmdWait},
+		{"keygen", "FILE", "write a new Ed25519 NKey signing seed to FILE (mode 0600; an existing file is never overwritten) and print its public key, for EXTENSION_REGISTRY_SIGNING_KEY and EXTENSION_REGISTRY_TRUSTED_KEYS", cmdKeygen},
 		{"resolve", "ID [--attr k=v]... [--sticky KEY] [--json] [--timeout D]", "print what a router would call for extension ID and these request attributes (version, subject, timeout, retry, instances with weights, health and shares, breaker), without calling it", cmdResolve},
 		{"invoke", "ID [--attr k=v]... [--payload JSON] [--metadata JSON] [--sticky KEY] [--count N --rate R] [--json] [--timeout D]", "call extension ID exactly as a router does (client.Invoke: selection, circuit breaker, timeout, retries) and print each result and a summary (outcomes, p50/p95/p99); exit 1 if a call failed", cmdInvoke},
 		{"dev", "[--dir DIR]", "everything on this machine: a private PostgreSQL, an embedded NATS with JetStream, migrations, the default fixtures and the syncer", cmdDev},
+		{"history", "[ID] [--since 24h|TIME] [--limit N] [--json]", "who changed what, when, under which revision (the change log)", cmdHistory},
+		{"diff", "REV_A REV_B [--json]", "the content difference between two revisions, from the change log", cmdDiff},
+		{"rollback", "ID --to-revision R [--dry-run] [--by NAME]", "restore one extension's aggregate as it was at revision R, as a new audited revision", cmdRollback},
+		{"version", "[--json]", "print the version, VCS commit and Go version of this binary", cmdVersion},
 		{"help", "", "show this help and the environment variables", cmdHelp},
 	}
 }
@@ -104,8 +111,19 @@ func run(ctx context.Context, args []string, lookup func(string) (string, bool),
 // parseFlags parses a command's flags (only -h so far) and checks the number of
 // positional arguments.
 func parseFlags(name string, args []string, minArgs, maxArgs int) ([]string, error) {
+	return parseInto(newFlags(name), args, minArgs, maxArgs)
+}
+
+// newFlags is a flag set whose errors and usage run reports (it prints nothing itself).
+func newFlags(name string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // run prints the usage
+	return fs
+}
+
+// parseInto parses args into fs and returns the arguments after the flags, between
+// minArgs and maxArgs of them; -h gives flag.ErrHelp, any other mistake a usage error.
+func parseInto(fs *flag.FlagSet, args []string, minArgs, maxArgs int) ([]string, error) {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, err

@@ -49,6 +49,11 @@ func TestCLIUsage(t *testing.T) {
 		{name: "FixturesExportNoDir", args: []string{"fixtures", "export"}, code: exitUsage, stderr: "missing argument"},
 		{name: "FixturesImportTwoDirs", args: []string{"fixtures", "import", "a", "b"}, code: exitUsage, stderr: `unexpected argument "b"`},
 		{name: "FixturesHelp", args: []string{"fixtures", "-h"}, code: exitOK, stdout: "Usage: syncer fixtures"},
+		{name: "Version", args: []string{"version"}, code: exitOK, stdout: "built with go1."},
+		{name: "VersionJSON", args: []string{"version", "--json"}, code: exitOK, stdout: `"go_version":"go1.`},
+		{name: "StatusArgument", args: []string{"status", "now"}, code: exitUsage, stderr: `unexpected argument "now"`},
+		{name: "WaitNeither", args: []string{"wait"}, code: exitUsage, stderr: "give exactly one of --revision R"},
+		{name: "WaitRoutersAndAll", args: []string{"wait", "--current", "--routers", "2", "--all"}, code: exitUsage, stderr: "at most one of --routers"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()

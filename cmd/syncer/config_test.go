@@ -349,6 +349,10 @@ The database URL is ` + "`EXTENSION_REGISTRY_DATABASE_URL`" + ` when set; otherw
 the ` + "`DB_*`" + ` parts (each escaped) as
 ` + "`postgres://USER:PASSWORD@HOST:PORT/NAME?search_path=SCHEMA&sslmode=SSLMODE`" + `, so the
 defaults give ` + "`postgres://postgres@localhost:5432/postgres?search_path=public&sslmode=disable`" + `.
+` + "`EXTENSION_REGISTRY_DATABASE_URL`" + ` may also be a libpq keyword/value string
+(` + "`host=db dbname=registry user=app password=secret search_path=registry`" + `); in either form
+errors and logs show it with every password replaced by ` + "`xxxxx`" + `, and a value too malformed
+to find its passwords in is not shown at all.
 Variables without the prefix (` + "`DB_HOST`, `SOURCE`" + ` …) are never read.
 `)
 	return b.String()

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/beamline/registry-syncer/admin"
+	"github.com/beamline/registry-syncer/publisher"
 	"github.com/beamline/registry-syncer/syncer"
 )
 
@@ -59,8 +60,20 @@ func daemon(ctx context.Context, cfg *config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	// Streams of another subject prefix are refused before anything starts (a NATS that
+	// does not answer yet is the syncer's to retry).
+	if pub, err := publisher.New(nc, cfg.Publisher); err == nil {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err = pub.CheckStreams(cctx)
+		cancel()
+		if errors.Is(err, publisher.ErrStreamInUse) {
+			nc.Close()
+			return fmt.Errorf("%s %q: %w", envPrefix+"_SUBJECT_PREFIX", cfg.Publisher.Prefix, err)
+		}
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	registerBuildInfo(reg)
 	registerNATSMetrics(reg, nc)
 	s, err := syncer.New(cfg.Syncer, nc, cfg.Publisher, log, syncer.NewMetrics(reg))
 	if err != nil {
@@ -75,6 +88,7 @@ func daemon(ctx context.Context, cfg *config, log *slog.Logger) error {
 			Gatherer:  reg,
 			Status:    s.Status,
 			ForceSync: s.ForceSync,
+			Routers:   s.Fleet,
 			Logger:    log,
 		})
 		if err == nil {

@@ -200,7 +200,7 @@ func TestRunDaemon(t *testing.T) {
 	}
 
 	code, metrics := get(t, a.base+"/metrics")
-	for _, want := range []string{"registry_syncer_leader 1", "registry_syncer_nats_up 1", "go_goroutines", "process_cpu_seconds_total"} {
+	for _, want := range []string{"registry_syncer_leader 1", "registry_syncer_nats_up 1", "go_goroutines", "process_cpu_seconds_total", "registry_syncer_build_info{"} {
 		if code != http.StatusOK || !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
@@ -35,7 +36,7 @@ func cmdFixtures(ctx context.Context, e *env, args []string) error {
 		if len(rest) == 1 {
 			dir = rest[0]
 		}
-		recs, err := loadFixtures(dir)
+		recs, err := loadFixtures(ctx, dir)
 		if err != nil {
 			return err
 		}
@@ -73,19 +74,21 @@ func cmdFixtures(ctx context.Context, e *env, args []string) error {
 	}
 }
 
-// loadFixtures loads dir, or the built-in defaults when dir is empty.
-func loadFixtures(dir string) ([]fixtures.Record, error) {
+// loadFixtures loads dir, or the built-in defaults when dir is empty; it stops when ctx
+// ends (SIGTERM, SIGINT).
+func loadFixtures(ctx context.Context, dir string) ([]fixtures.Record, error) {
 	if dir == "" {
-		return fixtures.Load(fixtures.Defaults())
+		return fixtures.LoadContext(ctx, fixtures.Defaults())
 	}
-	return fixtures.LoadDir(dir)
+	return fixtures.LoadDirContext(ctx, dir)
 }
 
 // connect opens one connection to the registry database.
 func connect(ctx context.Context, cfg *config) (*pgx.Conn, error) {
 	pc, err := pgx.ParseConfig(cfg.DatabaseURL)
 	if err != nil {
-		return nil, fmt.Errorf("database URL: %w", err)
+		// Not pgx's message: it may quote the string, password and all.
+		return nil, fmt.Errorf("%s_DATABASE_URL: %s", envPrefix, cmp.Or(checkPostgresURL(cfg.DatabaseURL), "cannot be parsed"))
 	}
 	pc.RuntimeParams["application_name"] = "registry-syncer-cli"
 	conn, err := pgx.ConnectConfig(ctx, pc)

@@ -91,7 +91,7 @@ func routerClient(ctx context.Context, cfg *config, log *slog.Logger, wait time.
 		nc.Close()
 		<-closed
 	}
-	cl, err := client.New(nc, client.Config{Prefix: cfg.Publisher.Prefix, Logger: log, WaitBootstrap: true,
+	cl, err := client.New(nc, client.Config{Prefix: cfg.Publisher.Prefix, Logger: log, WaitBootstrap: true, TrustedKeys: cfg.TrustedKeys,
 		OnError: func(err error) { log.WarnContext(ctx, cmd+": rejected a payload", "error", err) }})
 	if err != nil {
 		closeNC()

@@ -21,7 +21,11 @@ func publishRegistry(t *testing.T, prefix string, exts []cache.Extension) (envMa
 	t.Helper()
 	srv := harness.NewNATS(t, harness.NATSOptions{})
 	nc := srv.Connect(t)
-	pub, err := publisher.New(nc, publisher.Config{Prefix: prefix})
+	signer, _, err := protocol.GenerateSigner()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := publisher.New(nc, publisher.Config{Prefix: prefix, Signer: signer})
 	if err != nil {
 		t.Fatal(err)
 	}

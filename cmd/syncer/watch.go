@@ -99,7 +99,8 @@ func cmdWatch(ctx context.Context, e *env, args []string) error {
 	// --dump waits for the snapshot and the deltas stored after it (WaitBootstrap), so
 	// that what it prints is the current state, not the possibly older stored snapshot.
 	cl, err := client.New(nc, client.Config{Prefix: cfg.Publisher.Prefix, Logger: log, OnChange: print, WaitBootstrap: *dump,
-		OnError: func(err error) { log.WarnContext(ctx, "watch: rejected a payload", "error", err) }})
+		TrustedKeys: cfg.TrustedKeys,
+		OnError:     func(err error) { log.WarnContext(ctx, "watch: rejected a payload", "error", err) }})
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"testing"
@@ -72,13 +73,16 @@ func TestCorruptPayloadsRejected(t *testing.T) {
 	}
 	keepsServing("garbage on "+b.names.Live(), 1)
 
-	// 2. A well-formed delta on top of the served revision with a wrong checksum.
+	// 2. A well-formed delta on top of the served revision with a wrong checksum, signed
+	// with the registry's own key (a syncer bug, not a forgery: the content check is what
+	// refuses it).
 	forged := &protocol.Delta{Revision: good.Revision() + 1, PrevRevision: good.Revision(), Checksum: badChecksum,
 		Count: good.Len(), Source: protocol.SourceDatabase, CommittedAt: time.Now().UTC(),
 		Changes: []cache.Change{{Op: cache.OpPut, Kind: cache.KindExtension, ID: "normalize_text",
 			Value: json.RawMessage(`{"id": "normalize_text", "type": "pre", "subject": "beamline.ext.pre.normalize_text.v1",
 				"timeout_ms": 4321, "retry": 0, "enabled": true, "version": "v1", "config": {}, "metadata": {}}`)}}}
-	b.publishDelta(t, forged)
+	key := b.registryKey(t)
+	b.publishDeltaSigned(t, forged, key)
 	keepsServing("a delta with a wrong checksum", 2)
 	for _, r := range f.routers {
 		if e, _ := r.c.Lookup("normalize_text"); e.TimeoutMS == 4321 {
@@ -96,9 +100,9 @@ func TestCorruptPayloadsRejected(t *testing.T) {
 	// snapshot when told to resync (a resync delta for that revision); a router that starts
 	// now bootstraps from it.
 	b.waitStoredSnapshot(t, good, 10*time.Second) // else the syncer could write over it for this revision
-	b.publishBadSnapshot(t, good)
-	b.publishDelta(t, &protocol.Delta{Revision: good.Revision() + 1, PrevRevision: good.Revision(), Checksum: badChecksum,
-		Count: good.Len(), Source: protocol.SourceDatabase, CommittedAt: time.Now().UTC(), Resync: true})
+	b.publishBadSnapshot(t, good, key)
+	b.publishDeltaSigned(t, &protocol.Delta{Revision: good.Revision() + 1, PrevRevision: good.Revision(), Checksum: badChecksum,
+		Count: good.Len(), Source: protocol.SourceDatabase, CommittedAt: time.Now().UTC(), Resync: true}, key)
 	keepsServing("a stored snapshot with a wrong checksum", 3)
 	late := b.startRouter(t, b.url)
 	eventually(t, 5*time.Second, "the new router rejects the stored snapshot", func() error {
@@ -127,14 +131,42 @@ func TestCorruptPayloadsRejected(t *testing.T) {
 	b.checkHistory(t, base, good)
 }
 
-// publishDelta announces d on the live subject with the headers a syncer sets.
+// registryKey is the key the syncer signs with: the one it generated and stored in the
+// database (the test's role may read it; routers and forgers cannot).
+func (b *testBundle) registryKey(t *testing.T) *protocol.Signer {
+	t.Helper()
+	var seed string
+	if err := b.schema.Pool.QueryRow(context.Background(), `SELECT seed FROM registry_signing_key`).Scan(&seed); err != nil {
+		t.Fatal(err)
+	}
+	s, err := protocol.NewSigner([]byte(seed))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// publishDelta announces d on the live subject with the headers a syncer sets, unsigned
+// (what anyone allowed to publish there can send).
 func (b *testBundle) publishDelta(t *testing.T, d *protocol.Delta) {
+	t.Helper()
+	b.publishDeltaSigned(t, d, nil)
+}
+
+// publishDeltaSigned is publishDelta with a signature by signer (nil: none).
+func (b *testBundle) publishDeltaSigned(t *testing.T, d *protocol.Delta, signer *protocol.Signer) {
 	t.Helper()
 	data, err := json.Marshal(d)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := b.nc.PublishMsg(d.Msg(b.names.Live(), data)); err != nil {
+	m := d.Msg(b.names.Live(), data)
+	if signer != nil {
+		if err := signer.Sign(protocol.KindDelta, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.nc.PublishMsg(m); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.nc.Flush(); err != nil {
@@ -145,7 +177,7 @@ func (b *testBundle) publishDelta(t *testing.T, d *protocol.Delta) {
 // publishBadSnapshot stores, like the syncer does (chunk, then manifest), the content
 // of good labelled one revision later, with a checksum that does not match it in both
 // the document and the manifest.
-func (b *testBundle) publishBadSnapshot(t *testing.T, good *cache.Snapshot) {
+func (b *testBundle) publishBadSnapshot(t *testing.T, good *cache.Snapshot, signer *protocol.Signer) {
 	t.Helper()
 	ctx := context.Background()
 	doc, err := good.Encode()
@@ -179,7 +211,112 @@ func (b *testBundle) publishBadSnapshot(t *testing.T, good *cache.Snapshot) {
 	mm.Data = man
 	mm.Header.Set(protocol.HeaderRevision, strconv.FormatInt(rev, 10))
 	mm.Header.Set(protocol.HeaderChecksum, badChecksum)
+	if err := signer.Sign(protocol.KindManifest, mm); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := b.js.PublishMsg(ctx, mm); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestForgedMessagesRefused plays a NATS user allowed to publish on the live and heartbeat
+// subjects, against a syncer that signs with the key it generated (no key configured) and
+// routers and a watcher that trust it on first use. Measured before signatures: a forged
+// delta at served+1 with the right checksum for its forged content was applied at once, one
+// at revision MaxInt64 pinned the routers to it for good, one far ahead kept them resyncing
+// for ≥ 36 s (real changes 0.8–1.5 s late, through snapshots), and alternating
+// ahead/confirm heartbeats defeated the resync backoff. Now each is refused and the next
+// real revision reaches every router within the usual time.
+func TestForgedMessagesRefused(t *testing.T) {
+	t.Parallel()
+	b := setup(t, "e2e.forged")
+	b.seedDefaults(t)
+	s := b.startSyncer(t)
+	s.waitReady(t, 30*time.Second)
+	f := b.startFleet(t, 3, true)
+	good := b.db(t)
+	f.converge(t, good, time.Now(), 30*time.Second)
+	stranger, _, err := protocol.GenerateSigner()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// forged is a delta that points normalize_text at an attacker's subject, with the
+	// checksum and count of that content.
+	forged := func(rev, prev int64) *protocol.Delta {
+		e, _ := good.Get("normalize_text")
+		cp := *e
+		cp.Subject = "attacker.steals.traffic.v1"
+		raw, err := cache.Canonical(&cp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ch := cache.Change{Op: cache.OpPut, Kind: cache.KindAggregate, ID: cp.ID, Value: raw}
+		next, _, err := good.Apply(good.Revision()+1, protocol.SourceDatabase, []cache.Change{ch})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &protocol.Delta{Revision: rev, PrevRevision: prev, Checksum: next.Checksum(), Count: next.Len(),
+			Source: protocol.SourceDatabase, CommittedAt: time.Now().UTC(), Changes: []cache.Change{ch}}
+	}
+	notForged := func(what string) {
+		t.Helper()
+		for _, r := range f.routers {
+			if e, ok := r.c.Snapshot().Get("normalize_text"); !ok || e.Subject == "attacker.steals.traffic.v1" {
+				t.Fatalf("%s serves forged content after %s", r.name, what)
+			}
+		}
+	}
+	timeout := 300
+	for _, step := range []struct {
+		what string
+		send func()
+	}{
+		{"a forged delta at served+1 (unsigned)", func() { b.publishDelta(t, forged(good.Revision()+1, good.Revision())) }},
+		{"a forged delta at served+1 (signed by another key)", func() {
+			b.publishDeltaSigned(t, forged(good.Revision()+1, good.Revision()), stranger)
+		}},
+		{"a forged delta at MaxInt64", func() { b.publishDelta(t, forged(math.MaxInt64, good.Revision())) }},
+		{"a forged delta far ahead", func() { b.publishDelta(t, forged(good.Revision()+1_000_000, good.Revision()+999_999)) }},
+		{"alternating ahead/confirm heartbeats", func() {
+			for i := range 200 {
+				for _, rev := range []int64{good.Revision() + 1 + int64(i), good.Revision()} {
+					hb, _ := json.Marshal(&protocol.Heartbeat{Revision: rev, Checksum: good.Checksum(), Source: protocol.SourceDatabase,
+						Time: time.Now().UTC(), IntervalMS: 2000, Syncer: "forger"})
+					if err := b.nc.Publish(b.names.Heartbeat(), hb); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			if err := b.nc.Flush(); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		var before []int64
+		for _, r := range f.routers {
+			before = append(before, r.rejected.Load())
+		}
+		step.send()
+		eventually(t, 5*time.Second, "the routers reject "+step.what, func() error {
+			for i, r := range f.routers {
+				if r.rejected.Load() <= before[i] {
+					return fmt.Errorf("%s: no rejection", r.name)
+				}
+			}
+			return nil
+		})
+		notForged(step.what)
+		timeout++
+		_, at := b.commit(t, fmt.Sprintf(`UPDATE extensions SET timeout_ms = %d WHERE id = 'mask_pii'`, timeout))
+		good = b.db(t)
+		c := f.converge(t, good, at, convergeWithin)
+		notForged(step.what)
+		t.Logf("after %s: next real revision %d: %s", step.what, good.Revision(), c)
+	}
+	for _, r := range f.routers {
+		if got := r.c.TrustedKeys(); len(got) != 1 || got[0] != b.registryKey(t).PublicKey() {
+			t.Errorf("%s trusts %v, want the registry's key", r.name, got)
+		}
 	}
 }

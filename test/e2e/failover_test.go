@@ -33,27 +33,7 @@ func TestFailover(t *testing.T) {
 func testFailover(t *testing.T, b *testBundle, overrides ...string) {
 	b.seedDefaults(t)
 
-	// Who sends heartbeats: the syncer field is host:pid.
-	var (
-		mu    sync.Mutex
-		beats = map[int][]time.Time{}
-	)
-	sub, err := b.nc.Subscribe(b.names.Heartbeat(), func(m *nats.Msg) {
-		h, err := protocol.DecodeHeartbeat(m.Data)
-		if err != nil {
-			t.Errorf("heartbeat %q: %v", m.Data, err)
-			return
-		}
-		pid, _ := strconv.Atoi(h.Syncer[strings.LastIndexByte(h.Syncer, ':')+1:])
-		mu.Lock()
-		beats[pid] = append(beats[pid], time.Now())
-		mu.Unlock()
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sub.Unsubscribe() })
-
+	beats := b.recordHeartbeats(t)
 	procs := []*syncerProc{b.startSyncer(t, overrides...), b.startSyncer(t, overrides...)}
 	var leader, standby *syncerProc
 	leader, standby = b.leaderAndStandby(t, procs)
@@ -67,21 +47,17 @@ func testFailover(t *testing.T, b *testBundle, overrides ...string) {
 	}
 	t.Logf("leader %s (pid %d), standby %s (pid %d): %q", leader.name, leader.pid(), standby.name, standby.pid(), st.Reason)
 	eventually(t, 5*time.Second, "a heartbeat from the leader", func() error {
-		mu.Lock()
-		defer mu.Unlock()
-		if len(beats[leader.pid()]) == 0 {
-			return fmt.Errorf("heartbeats from %v", beats)
+		if beats.from(leader.pid(), time.Time{}) == 0 {
+			return errWaiting
 		}
 		return nil
 	})
 
 	killedAt := time.Now()
 	leader.kill(t)
-	mu.Lock()
-	if n := len(beats[standby.pid()]); n != 0 {
+	if n := beats.from(standby.pid(), time.Time{}); n != 0 {
 		t.Errorf("the standby sent %d heartbeats while the leader lived", n)
 	}
-	mu.Unlock()
 	rev, at := b.commit(t, `UPDATE extensions SET enabled = false WHERE id = 'pii_guard'`)
 	want := b.db(t)
 	c := f.converge(t, want, killedAt, failoverWithin)
@@ -128,4 +104,53 @@ func (b *testBundle) leaderAndStandby(t *testing.T, procs []*syncerProc) (leader
 		return nil
 	})
 	return leader, standby
+}
+
+// heartbeats records who sent each heartbeat (the syncer field is host:pid) and when.
+type heartbeats struct {
+	mu    sync.Mutex
+	beats []heartbeat
+}
+
+type heartbeat struct {
+	pid int
+	at  time.Time
+}
+
+// recordHeartbeats subscribes to the heartbeat subject for the rest of the test.
+func (b *testBundle) recordHeartbeats(t *testing.T) *heartbeats {
+	t.Helper()
+	h := &heartbeats{}
+	sub, err := b.nc.Subscribe(b.names.Heartbeat(), func(m *nats.Msg) {
+		hb, err := protocol.DecodeHeartbeat(m.Data)
+		if err != nil {
+			t.Errorf("heartbeat %q: %v", m.Data, err)
+			return
+		}
+		pid, _ := strconv.Atoi(hb.Syncer[strings.LastIndexByte(hb.Syncer, ':')+1:])
+		h.mu.Lock()
+		h.beats = append(h.beats, heartbeat{pid, time.Now()})
+		h.mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	return h
+}
+
+// from counts the heartbeats of pid received after after.
+func (h *heartbeats) from(pid int, after time.Time) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, hb := range h.beats {
+		if hb.pid == pid && hb.at.After(after) {
+			n++
+		}
+	}
+	return n
 }

@@ -3,16 +3,9 @@ package e2e
 import (
 	"context"
 	"errors"
-	"strconv"
-	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats.go"
-
-	"github.com/beamline/registry-syncer/protocol"
 )
 
 // TestFrozenLeader freezes the leading syncer process with SIGSTOP while a standby runs:
@@ -28,40 +21,8 @@ func TestFrozenLeader(t *testing.T) {
 	b := setup(t, "e2e.freeze")
 	b.seedDefaults(t)
 
-	type beat struct {
-		pid int
-		at  time.Time
-	}
-	var (
-		mu    sync.Mutex
-		beats []beat
-	)
-	sub, err := b.nc.Subscribe(b.names.Heartbeat(), func(m *nats.Msg) {
-		h, err := protocol.DecodeHeartbeat(m.Data)
-		if err != nil {
-			t.Errorf("heartbeat %q: %v", m.Data, err)
-			return
-		}
-		pid, _ := strconv.Atoi(h.Syncer[strings.LastIndexByte(h.Syncer, ':')+1:])
-		mu.Lock()
-		beats = append(beats, beat{pid, time.Now()})
-		mu.Unlock()
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sub.Unsubscribe() })
-	beatsFrom := func(pid int, after time.Time) int {
-		mu.Lock()
-		defer mu.Unlock()
-		n := 0
-		for _, hb := range beats {
-			if hb.pid == pid && hb.at.After(after) {
-				n++
-			}
-		}
-		return n
-	}
+	beats := b.recordHeartbeats(t)
+	beatsFrom := beats.from
 
 	procs := []*syncerProc{b.startSyncer(t), b.startSyncer(t)}
 	leader, standby := b.leaderAndStandby(t, procs)
