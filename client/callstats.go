@@ -1,6 +1,7 @@
 package client
 
 import (
+	"encoding/json"
 	"slices"
 	"strings"
 	"sync"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/DataDog/sketches-go/ddsketch"
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
 )
 
 // Call statistics.
@@ -256,4 +258,65 @@ func (r *callRecorder) collect(ch chan<- prometheus.Metric, bs *breakers) {
 	bs.each(func(b *breaker) {
 		ch <- prometheus.MustNewConstMetric(r.circuit, prometheus.GaugeValue, stateValue(b.cb.State()), b.extension, b.target)
 	})
+}
+
+// ExtensionCalls is one extension's entry in a router report's "calls"
+// (PROTOCOL.md §3.7), built by ReportCalls.
+type ExtensionCalls struct {
+	Calls    uint64            `json:"calls"`
+	Outcomes map[string]uint64 `json:"outcomes"`
+	Retries  uint64            `json:"retries"`
+	P50MS    float64           `json:"p50_ms"`
+	P95MS    float64           `json:"p95_ms"`
+	P99MS    float64           `json:"p99_ms"`
+	// Sketch is the latency DDSketch (seconds) in its protobuf encoding
+	// (github.com/DataDog/sketches-go ddsketch.proto; base64 in JSON), so that the
+	// fleet view can merge routers exactly.
+	Sketch []byte `json:"sketch,omitempty"`
+	// Targets splits the calls by target (instance id, or subject); its entries
+	// have no Targets and no Sketch.
+	Targets map[string]TargetCalls `json:"targets,omitempty"`
+}
+
+// TargetCalls is one target of an ExtensionCalls.
+type TargetCalls struct {
+	Calls    uint64            `json:"calls"`
+	Outcomes map[string]uint64 `json:"outcomes"`
+	Breaker  string            `json:"breaker,omitempty"`
+	P99MS    float64           `json:"p99_ms"`
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// ReportCalls takes CallStats (so it resets them) and encodes them per
+// extension as a router report's "calls" (ExtensionCalls as JSON; nil when no
+// call was made). It suits Config.CallStats; when that is not set the client's
+// reports use it on their own, so a router that reads CallStats itself should
+// set Config.CallStats.
+func (c *Client) ReportCalls() map[string]json.RawMessage {
+	stats := c.CallStats()
+	if len(stats.Targets) == 0 {
+		return nil
+	}
+	out := make(map[string]json.RawMessage)
+	for i := 0; i < len(stats.Targets); {
+		id := stats.Targets[i].Extension
+		merged := stats.Extension(id)
+		entry := ExtensionCalls{Calls: merged.Calls, Outcomes: merged.Outcomes, Retries: merged.Retries,
+			P50MS: ms(merged.Quantile(.5)), P95MS: ms(merged.Quantile(.95)), P99MS: ms(merged.Quantile(.99)),
+			Targets: map[string]TargetCalls{}}
+		if !merged.Latency.IsEmpty() {
+			if data, err := proto.Marshal(merged.Latency.ToProto()); err == nil {
+				entry.Sketch = data
+			}
+		}
+		for ; i < len(stats.Targets) && stats.Targets[i].Extension == id; i++ {
+			t := &stats.Targets[i]
+			entry.Targets[t.Target] = TargetCalls{Calls: t.Calls, Outcomes: t.Outcomes, Breaker: t.Breaker, P99MS: ms(t.Quantile(.99))}
+		}
+		if data, err := json.Marshal(&entry); err == nil {
+			out[id] = data
+		}
+	}
+	return out
 }
