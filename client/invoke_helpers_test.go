@@ -34,7 +34,10 @@ func setupInvoke(t testing.TB, exts ...*cache.Extension) *invokeBundle {
 	if len(changes) > 0 {
 		src.commit(changes...)
 	}
-	c := startClient(t, srv.Connect(t), Config{})
+	// The tests read CallStats themselves: the reports must not take them
+	// (TestReportsCarryCallStats covers the reports).
+	noReportCalls := func() map[string]json.RawMessage { return nil }
+	c := startClient(t, srv.Connect(t), Config{CallStats: noReportCalls})
 	waitSame(t, c, src)
 	return &invokeBundle{srv: srv, src: src, c: c, nc: srv.Connect(t)}
 }
