@@ -10,6 +10,7 @@ import (
 	"hash/fnv"
 	"io/fs"
 	"regexp"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5/stdlib"
@@ -162,6 +163,9 @@ func name(s *goose.Source) string {
 		return "triggers/triggers.sql"
 	case ChannelVersion:
 		return "triggers/channel.sql"
+	}
+	if slices.Contains(TriggersReinstalled, s.Version) {
+		return "triggers/triggers.sql+channel.sql"
 	}
 	return fmt.Sprintf("go migration %d", s.Version)
 }

@@ -237,6 +237,7 @@ func (s *term) ensureStreams(ctx context.Context) error {
 			return err
 		}
 		d := backoff(attempt)
+		s.update(func(st *Status) { st.Error = "create the streams: " + err.Error() })
 		s.log.WarnContext(ctx, "syncer: cannot create the streams", "error", err, "attempt", attempt, "sleep_duration", d)
 		if !sleep(ctx, d) {
 			return ctx.Err()

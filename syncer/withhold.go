@@ -97,9 +97,11 @@ func (s *term) prepare(rev int64, changes []cache.Change) ([]cache.Change, *cach
 	for _, c := range changes {
 		touched[c.ID] = true
 	}
+	var next *cache.Snapshot
 	for attempt := 0; ; attempt++ {
 		cs := build()
-		next, _, err := s.snap.Apply(rev, SourceDatabase, cs)
+		var err error
+		next, _, err = s.snap.Apply(rev, SourceDatabase, cs)
 		if err == nil {
 			break
 		}
@@ -110,7 +112,9 @@ func (s *term) prepare(rev int64, changes []cache.Change) ([]cache.Change, *cach
 		// Withhold the offender with its state before this revision: the shadow update
 		// below applies this revision's changes to it.
 		s.withhold(ce.ID, ce.Error(), rev)
-		_ = next
+	}
+	if len(s.withheld) == 0 {
+		return out, next, nil // the common case: nothing withheld, nothing to release
 	}
 	// Shadows follow the database, change by change, without validation.
 	for _, c := range changes {
@@ -140,9 +144,11 @@ func (s *term) prepare(rev int64, changes []cache.Change) ([]cache.Change, *cach
 		released = append(released, id)
 		delete(s.withheld, id)
 	}
-	next, _, err := s.snap.Apply(rev, SourceDatabase, out)
-	if err != nil {
-		return nil, nil, err
+	if len(released) > 0 {
+		var err error
+		if next, _, err = s.snap.Apply(rev, SourceDatabase, out); err != nil {
+			return nil, nil, err
+		}
 	}
 	if len(released) > 0 {
 		sort.Strings(released)
