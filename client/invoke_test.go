@@ -509,6 +509,9 @@ func TestInvokeRetries(t *testing.T) {
 	if !errors.As(err, &ie) || ie.Code != CodeExtensionTimeout || ie.Attempts != 3 {
 		t.Fatalf("%v, want extension_timeout after 3 attempts", err)
 	}
+	// The third request may still be on its way to the responder when its
+	// attempt times out.
+	waitFor(t, "3 attempts at the responder", func() bool { return r.count() >= 3 })
 	a := r.all()
 	if len(a) != 3 {
 		t.Fatalf("%d attempts reached the responder, want 3", len(a))
