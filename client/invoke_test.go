@@ -416,7 +416,7 @@ func TestBreakerErrorRate(t *testing.T) {
 func TestBreakerHalfOpen(t *testing.T) {
 	t.Parallel()
 	e := ext("probe", cache.TypePost)
-	e.Metadata = json.RawMessage(`{"circuit_breaker":{"failure_threshold":2,"open_timeout_ms":150}}`)
+	e.Metadata = json.RawMessage(`{"circuit_breaker":{"failure_threshold":2,"open_timeout_ms":1000}}`)
 	b := setupInvoke(t, e)
 	r := b.respond(t, e.Subject, `[]`)
 	open := func() {
@@ -519,13 +519,14 @@ func TestInvokeRetries(t *testing.T) {
 	// Attempt n is sent at the sum of the timeouts and backoffs before it: 0,
 	// 50+100, 50+100+50+200 ms after Invoke started. An arrival, stamped by the
 	// responder, can be late (a loaded machine) but never early: the lower bound
-	// is exact, the upper one leaves 150 ms for scheduling.
+	// is exact, the upper one leaves 250 ms for scheduling (a doubled backoff
+	// would still be 300 ms late at the third attempt).
 	timeout := 50 * time.Millisecond
 	for i, sent := range []time.Duration{0, timeout + 100*time.Millisecond, 2*timeout + 300*time.Millisecond} {
 		at := a[i].at.Sub(start)
 		t.Logf("attempt %d arrived %s after the call began (sent at %s)", i+1, at, sent)
-		if at < sent || at > sent+150*time.Millisecond {
-			t.Errorf("attempt %d arrived after %s, want %s (+ up to 150 ms)", i+1, at, sent)
+		if at < sent || at > sent+250*time.Millisecond {
+			t.Errorf("attempt %d arrived after %s, want %s (+ up to 250 ms)", i+1, at, sent)
 		}
 	}
 	if elapsed < 3*timeout+300*time.Millisecond {
@@ -551,7 +552,7 @@ func TestInvokeRetries(t *testing.T) {
 	_, err = b.c.Invoke(ctx, "slow", Request{}, nil)
 	d := time.Since(start)
 	t.Logf("with a 250 ms deadline: %v after %s", err, d)
-	if code(t, err) != CodeExtensionTimeout || d < 250*time.Millisecond || d >= 390*time.Millisecond {
+	if code(t, err) != CodeExtensionTimeout || d < 250*time.Millisecond || d >= 400*time.Millisecond {
 		t.Errorf("with a 250 ms deadline: %v after %s, want extension_timeout at the deadline, before the backoff's end at 400 ms", err, d)
 	}
 	if plan, _ := b.c.Resolve("slow", nil, ""); plan.BreakerState != BreakerClosed {
@@ -640,7 +641,7 @@ func TestPolicyFromMetadata(t *testing.T) {
 func TestBreakerWindowRolls(t *testing.T) {
 	t.Parallel()
 	e := ext("roll", cache.TypePost)
-	e.Metadata = json.RawMessage(`{"circuit_breaker":{"window_seconds":0.3,"min_requests":4,"failure_threshold":100}}`)
+	e.Metadata = json.RawMessage(`{"circuit_breaker":{"window_seconds":1,"min_requests":4,"failure_threshold":100}}`)
 	b := setupInvoke(t, e)
 	r := b.respond(t, e.Subject, `[]`)
 	for range 3 {
