@@ -204,6 +204,7 @@ type Client struct {
 	applied    atomic.Uint64
 	metrics    *collector
 	report     *reporter
+	calls      atomic.Pointer[invoker] // invocation state (invoke.go), created on first use
 
 	mu      sync.Mutex // guards the lifecycle fields below
 	state   int        // stateNew, stateStarted, stateStopped
@@ -439,7 +440,8 @@ func (c *Client) LastHeard() time.Time {
 }
 
 // Collector returns the client's Prometheus metrics, all named
-// registry_client_*, read at scrape time. Register it once per client; to
+// registry_client_*, read at scrape time, and beamline_extension_* for the
+// calls made through Invoke (callstats.go). Register it once per client; to
 // register several clients in one registry, wrap the registerer with a
 // distinguishing label (prometheus.WrapRegistererWith).
 func (c *Client) Collector() prometheus.Collector { return c.metrics }

@@ -6,7 +6,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// collector exposes a Client's state to Prometheus, reading it at scrape time.
+// collector exposes a Client's state to Prometheus, reading it at scrape time,
+// and the beamline_extension_* metrics of its calls (callstats.go).
 type collector struct {
 	c *Client
 
@@ -50,6 +51,7 @@ func (m *collector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- d
 	}
 	m.lag.Describe(ch)
+	m.c.invokerOf().rec.describe(ch)
 }
 
 func (m *collector) Collect(ch chan<- prometheus.Metric) {
@@ -78,4 +80,7 @@ func (m *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(m.rejections, prometheus.CounterValue, float64(c.rejections.Load()))
 	ch <- prometheus.MustNewConstMetric(m.applied, prometheus.CounterValue, float64(c.applied.Load()))
 	m.lag.Collect(ch)
+	inv := c.invokerOf()
+	inv.prune()
+	inv.rec.collect(ch, &inv.breakers)
 }

@@ -122,6 +122,8 @@ func (c *Client) buildReport(now time.Time) *protocol.Report {
 	c.report.mu.Unlock()
 	if c.cfg.CallStats != nil {
 		rep.Calls = c.cfg.CallStats()
+	} else if c.calls.Load() != nil { // Invoke was used: its statistics (callstats.go)
+		rep.Calls = c.ReportCalls()
 	}
 	return rep
 }
