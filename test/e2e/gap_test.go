@@ -12,9 +12,10 @@ import (
 // TestGapAfterDisconnect cuts one router's TCP connection to NATS (through a proxy that
 // then refuses to reconnect it) while 100 revisions are published; once it can connect
 // again it must notice what it missed and converge by fetching the stored deltas. The
-// other routers never lose their connection. Two ways to notice: the next heartbeat (an
-// idle registry), and, with heartbeats an hour apart, the next delta whose prev_revision
-// is ahead of the router's revision.
+// other routers never lose their connection. Three ways to notice: the reconnect itself
+// (the client reads the newest stored delta once its subscriptions are back, PROTOCOL.md
+// §9 Q2), the next heartbeat (an idle registry), and, with heartbeats an hour apart, the
+// next delta whose prev_revision is ahead of the router's revision — whichever comes first.
 func TestGapAfterDisconnect(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -77,9 +78,6 @@ func testGap(t *testing.T, heartbeat, reason string, commitAfter bool) {
 			}
 			return nil
 		})
-		if cut.c.Revision() != before.Revision() {
-			t.Fatalf("%s moved to revision %d before any delta or heartbeat told it to", cut.name, cut.c.Revision())
-		}
 		b.commit(t, `UPDATE extensions SET retry = 3 WHERE id = 'pii_guard'`)
 		want = b.db(t)
 	}
@@ -97,8 +95,8 @@ func testGap(t *testing.T, heartbeat, reason string, commitAfter bool) {
 			resyncLines = append(resyncLines, l.text[strings.Index(l.text, "reason="):])
 		}
 	}
-	if len(resyncLines) == 0 || !strings.HasPrefix(resyncLines[0], reason) {
-		t.Errorf("resyncs logged after the reconnect: %q; want the first with %s", resyncLines, reason)
+	if len(resyncLines) == 0 || (!strings.HasPrefix(resyncLines[0], reason) && !strings.HasPrefix(resyncLines[0], `reason=reconnected`)) {
+		t.Errorf("resyncs logged after the reconnect: %q; want the first with %s or reason=reconnected", resyncLines, reason)
 	}
 	t.Logf("detected as: %s", strings.Join(resyncLines, "; "))
 	if !cut.c.LastHeard().After(heard) {
