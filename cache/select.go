@@ -1,5 +1,7 @@
 package cache
 
+import "github.com/beamline/registry-syncer/rules"
+
 // rule is one parsed routing rule: the attribute key and its accepted values.
 type rule struct {
 	key  string
@@ -68,7 +70,7 @@ func matches(rules []rule, attrs map[string]string) bool {
 // newer reports whether version a is newer than b: numerically for v<N>
 // versions, bytewise otherwise.
 func newer(a, b string) bool {
-	if isVTag(a) && isVTag(b) {
+	if rules.IsVTag(a) && rules.IsVTag(b) {
 		x, y := trimZeros(a[1:]), trimZeros(b[1:])
 		if len(x) != len(y) {
 			return len(x) > len(y)
@@ -99,17 +101,4 @@ func looseRules(raw []byte) []rule {
 		return nil
 	}
 	return rules
-}
-
-// isVTag reports whether s looks like v<digits>.
-func isVTag(s string) bool {
-	if len(s) < 2 || s[0] != 'v' {
-		return false
-	}
-	for i := 1; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return false
-		}
-	}
-	return true
 }

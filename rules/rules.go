@@ -240,7 +240,7 @@ func Subject(s string, versioned bool) *Violation {
 	}
 	if versioned {
 		dot := strings.LastIndexByte(s, '.')
-		if dot < 0 || !isVTag(s[dot+1:]) {
+		if dot < 0 || !IsVTag(s[dot+1:]) {
 			return violation(rule, `must end with ".v<digits>" (got %q)`, s)
 		}
 	}
@@ -250,7 +250,8 @@ func Subject(s string, versioned bool) *Violation {
 	return nil
 }
 
-func isVTag(s string) bool {
+// IsVTag reports whether s is a version tag: v<digits>.
+func IsVTag(s string) bool {
 	if len(s) < 2 || s[0] != 'v' {
 		return false
 	}
