@@ -82,12 +82,22 @@ func (n Names) Status() string { return n.Prefix + ".status" }
 
 // FleetStatus is the leading syncer's answer on Names.Status (and GET /admin/routers).
 type FleetStatus struct {
-	Syncer            string         `json:"syncer"`
-	Time              time.Time      `json:"time"`
-	DatabaseRevision  int64          `json:"database_revision"`
-	PublishedRevision int64          `json:"published_revision"`
-	PublishedChecksum string         `json:"published_checksum"`
-	Routers           []RouterStatus `json:"routers"`
+	Syncer            string    `json:"syncer"`
+	Time              time.Time `json:"time"`
+	DatabaseRevision  int64     `json:"database_revision"`
+	PublishedRevision int64     `json:"published_revision"`
+	PublishedChecksum string    `json:"published_checksum"`
+	// Withheld lists the extensions the leader does not publish because the database holds
+	// a version of them the router side refuses (routers keep their last valid content).
+	Withheld []WithheldExtension `json:"withheld,omitempty"`
+	Routers  []RouterStatus      `json:"routers"`
+}
+
+// WithheldExtension is one extension the leader withholds, and why.
+type WithheldExtension struct {
+	ID            string `json:"id"`
+	Reason        string `json:"reason"`
+	SinceRevision int64  `json:"since_revision"`
 }
 
 // RouterStatus is the leader's view of one router.

@@ -224,6 +224,10 @@ func TestPoisonRowWithheld(t *testing.T) {
 		})
 	}
 	checkWithheld(r, "a", "bad")
+	// What `syncer status` shows (the P.status answer).
+	if fs, err := r.s.Fleet(); err != nil || len(fs.Withheld) != 2 || fs.Withheld[0].ID != "a" || fs.Withheld[1].ID != "bad" {
+		t.Errorf("fleet status withheld %+v (%v), want a and bad", fs, err)
+	}
 
 	// A new syncer (a new term) finds them in the database.
 	r.stop(t)

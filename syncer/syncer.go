@@ -179,8 +179,12 @@ func (s *Syncer) Fleet() (*protocol.FleetStatus, error) {
 		return nil, ErrNotLeader
 	}
 	st := s.Status()
-	return &protocol.FleetStatus{Syncer: s.cfg.InstanceID, Time: time.Now().UTC(), DatabaseRevision: st.DatabaseRevision,
-		PublishedRevision: st.Revision, PublishedChecksum: st.Checksum, Routers: f.Routers(time.Now())}, nil
+	fs := &protocol.FleetStatus{Syncer: s.cfg.InstanceID, Time: time.Now().UTC(), DatabaseRevision: st.DatabaseRevision,
+		PublishedRevision: st.Revision, PublishedChecksum: st.Checksum, Routers: f.Routers(time.Now())}
+	for _, w := range st.Withheld {
+		fs.Withheld = append(fs.Withheld, protocol.WithheldExtension{ID: w.ID, Reason: w.Reason, SinceRevision: w.Since})
+	}
+	return fs, nil
 }
 
 // ForceSync asks the leader for a full sync (reconcile and repair) and waits for it.

@@ -80,6 +80,10 @@ func cmdStatus(ctx context.Context, e *env, args []string) error {
 	}
 	fmt.Fprintf(e.stdout, "database revision %d, published revision %d (checksum %.12s), leader %s\n",
 		st.DatabaseRevision, st.PublishedRevision, st.PublishedChecksum, st.Syncer)
+	for _, w := range st.Withheld {
+		fmt.Fprintf(e.stdout, "withheld since revision %d: %s (%s); fix the row, or POST /admin/sync after fixing it past the triggers\n",
+			w.SinceRevision, w.ID, w.Reason)
+	}
 	if len(st.Routers) == 0 {
 		fmt.Fprintln(e.stdout, "no router has reported")
 		return nil
