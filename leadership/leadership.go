@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -25,20 +24,17 @@ type Config struct {
 	// Holder names this process in the lease row and the logs. Required.
 	Holder string
 	// TTL is how long a lease lasts after each renewal, by the database clock (default 6s).
-	// A leader that stops renewing is replaced about TTL + RetryInterval after its last
-	// renewal.
+	// A leader that stops renewing is replaced about TTL (plus the standby's retry
+	// interval) after its last renewal.
 	TTL time.Duration
 	// RenewInterval is how often the leader renews (default TTL/3).
 	RenewInterval time.Duration
-	// RetryInterval is how often a standby tries to take an expired lease (default 1s).
-	RetryInterval time.Duration
 }
 
 // WithDefaults fills zero fields.
 func (c Config) WithDefaults() Config {
 	c.TTL = cmp.Or(c.TTL, 6*time.Second)
 	c.RenewInterval = cmp.Or(c.RenewInterval, c.TTL/3)
-	c.RetryInterval = cmp.Or(c.RetryInterval, time.Second)
 	return c
 }
 
@@ -53,9 +49,6 @@ func (c Config) Validate() error {
 	}
 	if c.RenewInterval <= 0 || c.RenewInterval > c.TTL/2 {
 		errs = append(errs, fmt.Errorf("leadership: RenewInterval must be positive and at most TTL/2 (got %s with TTL %s)", c.RenewInterval, c.TTL))
-	}
-	if c.RetryInterval <= 0 {
-		errs = append(errs, fmt.Errorf("leadership: RetryInterval must be positive (got %s)", c.RetryInterval))
 	}
 	return errors.Join(errs...)
 }
@@ -145,50 +138,6 @@ func (e *Elector) TryAcquire(ctx context.Context) (*Term, error) {
 	t.ctx, t.cancel = context.WithCancelCause(context.WithoutCancel(ctx))
 	go t.keep()
 	return t, nil
-}
-
-// Acquire blocks until this holder leads or ctx ends. Database errors are retried with
-// backoff and logged.
-func (e *Elector) Acquire(ctx context.Context) (*Term, error) {
-	standbyLogged := false
-	for attempt := 0; ; {
-		t, err := e.TryAcquire(ctx)
-		if t != nil {
-			e.log.InfoContext(ctx, "leadership: acquired", "term", t.Number)
-			return t, nil
-		}
-		wait := e.cfg.RetryInterval
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			attempt++
-			wait = backoff(attempt, e.cfg.RetryInterval)
-			e.log.WarnContext(ctx, "leadership: cannot reach the database for the lease", "error", err, "attempt", attempt, "sleep_duration", wait)
-		} else {
-			attempt = 0
-			if !standbyLogged {
-				e.log.InfoContext(ctx, "leadership: standby, another syncer holds the lease")
-				standbyLogged = true
-			}
-		}
-		timer := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			timer.Stop()
-			return nil, ctx.Err()
-		case <-timer.C:
-		}
-	}
-}
-
-func backoff(attempt int, lo time.Duration) time.Duration {
-	d := lo
-	for i := 1; i < attempt && d < 5*time.Second; i++ {
-		d *= 2
-	}
-	d = min(d, 5*time.Second)
-	return d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
 }
 
 // Context ends when the term ends (lost, or released); its cause tells which.

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/beamline/registry-syncer/cache"
+	"github.com/beamline/registry-syncer/changelog"
 	"github.com/beamline/registry-syncer/leadership"
 	"github.com/beamline/registry-syncer/protocol"
 	"github.com/beamline/registry-syncer/publisher"
@@ -61,7 +62,7 @@ func (s *term) catchUpUntil(ctx context.Context, pool *pgxpool.Pool, upTo int64,
 		}
 		if len(revs) == 0 {
 			if dbRev < 0 {
-				if dbRev, err = counter(ctx, pool); err != nil {
+				if dbRev, err = changelog.Counter(ctx, pool); err != nil {
 					return false, err
 				}
 			}

@@ -198,12 +198,3 @@ func readConsistent(ctx context.Context, pool *pgxpool.Pool) (registryRead, erro
 	})
 	return r, err
 }
-
-// counter reads the last committed revision.
-func counter(ctx context.Context, q querier) (int64, error) {
-	var rev int64
-	if err := q.QueryRow(ctx, `SELECT revision FROM registry_counter`).Scan(&rev); err != nil {
-		return 0, fmt.Errorf("read revision counter: %w", err)
-	}
-	return rev, nil
-}

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/beamline/registry-syncer/cache"
+	"github.com/beamline/registry-syncer/changelog"
 	"github.com/beamline/registry-syncer/publisher"
 )
 
@@ -94,7 +95,7 @@ func (s *term) writeSnapshot(ctx context.Context, snap *cache.Snapshot) error {
 		if snap.Source() == SourceDatabase {
 			pool, err := s.Pool()
 			if err == nil {
-				dbRev, err = counter(ctx, pool)
+				dbRev, err = changelog.Counter(ctx, pool)
 			}
 			if err != nil || man.Revision <= dbRev {
 				return nil

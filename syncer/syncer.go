@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 
+	"github.com/beamline/registry-syncer/changelog"
 	"github.com/beamline/registry-syncer/fleet"
 	"github.com/beamline/registry-syncer/leadership"
 	"github.com/beamline/registry-syncer/protocol"
@@ -271,7 +272,7 @@ func (s *Syncer) pingDB(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	_, err = counter(ctx, pool)
+	_, err = changelog.Counter(ctx, pool)
 	s.metrics.DatabaseUp.Set(boolGauge(err == nil))
 	return err
 }
@@ -351,8 +352,7 @@ func (s *Syncer) runDatabase(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	el, err := leadership.New(pool, leadership.Config{Holder: s.cfg.InstanceID, TTL: s.cfg.LeaderTTL,
-		RetryInterval: s.cfg.LeaderRetry}, s.base)
+	el, err := leadership.New(pool, leadership.Config{Holder: s.cfg.InstanceID, TTL: s.cfg.LeaderTTL}, s.base)
 	if err != nil {
 		return err
 	}

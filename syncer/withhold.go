@@ -85,7 +85,11 @@ func (s *term) prepare(rev int64, changes []cache.Change) ([]cache.Change, *cach
 	var out []cache.Change
 	var released []string
 	build := func() []cache.Change {
-		out = out[:0]
+		if len(s.withheld) == 0 {
+			out = changes // the common case: publish the revision as it is, no copy
+			return out
+		}
+		out = make([]cache.Change, 0, len(changes))
 		for _, c := range changes {
 			if _, held := s.withheld[c.ID]; !held {
 				out = append(out, c)
