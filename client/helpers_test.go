@@ -339,7 +339,13 @@ func waitSame(tb testing.TB, c *testClient, src *source) {
 	want := src.state()
 	waitFor(tb, "the client to reach the source's state", func() bool {
 		s := c.Snapshot()
-		return s != nil && s.Revision() == want.Revision() && s.Checksum() == want.Checksum()
+		if s == nil || s.Revision() != want.Revision() || s.Checksum() != want.Checksum() {
+			return false
+		}
+		// The snapshot is served before OnChange reports it: wait for the report too, so
+		// that a test reading Events next sees it.
+		ev := c.Events()
+		return len(ev) > 0 && ev[len(ev)-1].new == s
 	})
 }
 
