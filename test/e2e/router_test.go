@@ -111,6 +111,11 @@ func (r *router) serves(want *cache.Snapshot) error {
 	case s.Revision() != want.Revision() || s.Checksum() != want.Checksum():
 		return fmt.Errorf("%s: revision %d checksum %.12s, want %d %.12s", r.name, s.Revision(), s.Checksum(), want.Revision(), want.Checksum())
 	}
+	// The client serves a snapshot before it calls OnChange; the install is recorded
+	// only once OnChange ran, so wait for that too.
+	if _, ok := r.installedAt(want); !ok {
+		return fmt.Errorf("%s: serves revision %d, OnChange not called yet", r.name, want.Revision())
+	}
 	return nil
 }
 
