@@ -80,6 +80,11 @@ type Extension struct {
 	Metadata  json.RawMessage `json:"metadata"`  // JSON object; "{}" when empty/null on input
 	Versions  []Version       `json:"versions"`  // sorted by Version (bytewise), [] when none
 	Instances []Instance      `json:"instances"` // sorted by InstanceID (bytewise), [] when none
+	// AutoDisabled is set by the leading syncer when the fleet's circuit breakers are
+	// open for the extension (automatic management, off by default); it is separate from
+	// the operator's Enabled. An auto-disabled extension receives only a few probe calls
+	// per open timeout at each router, so that recovery is seen (PROTOCOL.md §3.1).
+	AutoDisabled bool `json:"auto_disabled,omitempty"`
 }
 
 // Version is one routed version of an extension.

@@ -9,7 +9,7 @@ import (
 // bytes whose SHA-256 is the extension's hash in a snapshot checksum:
 //
 //   - the JSON object with all fields of Extension, including versions and
-//     instances ([] when empty; versions sorted by version, instances by
+//     instances, except auto_disabled when it is false ([] when empty; versions sorted by version, instances by
 //     instance_id, bytewise);
 //   - object keys of every object, including inside config, metadata and
 //     routing_rules, sorted bytewise (UTF-8); empty or null config, metadata
@@ -56,7 +56,13 @@ func appendBool(dst []byte, b bool) []byte {
 // appendAggregate appends the canonical encoding of a normalized extension
 // (raw fields canonical, children sorted). Keys are written in bytewise order.
 func appendAggregate(dst []byte, e *Extension) []byte {
-	dst = append(dst, `{"config":`...)
+	// auto_disabled is written only when true, so that the encoding (and the checksum)
+	// of every other aggregate is what protocol version 1 without it defined.
+	if e.AutoDisabled {
+		dst = append(dst, `{"auto_disabled":true,"config":`...)
+	} else {
+		dst = append(dst, `{"config":`...)
+	}
 	dst = appendRaw(dst, e.Config)
 	dst = append(dst, `,"enabled":`...)
 	dst = appendBool(dst, e.Enabled)

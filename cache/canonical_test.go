@@ -327,3 +327,56 @@ func TestCanonicalEquivalentInputs(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// auto_disabled enters the encoding only when true: every other aggregate keeps the
+// encoding (and checksum) protocol version 1 defined before the field existed.
+func TestAutoDisabledEncoding(t *testing.T) {
+	t.Parallel()
+	exts := workedExample()
+	alpha := exts[1]
+	alpha.AutoDisabled = true
+	got, err := Canonical(&alpha)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"auto_disabled":true,` + workedAlpha[1:]; string(got) != want {
+		t.Errorf("Canonical(auto-disabled alpha)\n got %s\nwant %s", got, want)
+	}
+	plain := mustNewSource(t, 7, "database", workedExample())
+	if plain.Checksum() != workedChecksum {
+		t.Fatalf("worked example checksum %s, want %s", plain.Checksum(), workedChecksum)
+	}
+	exts[1] = alpha
+	auto := mustNewSource(t, 7, "database", exts)
+	if auto.Checksum() == workedChecksum {
+		t.Error("auto_disabled does not change the checksum")
+	}
+	doc, err := auto.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := Decode(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e, ok := back.Get("alpha"); !ok || !e.AutoDisabled || back.Checksum() != auto.Checksum() {
+		t.Errorf("decoded alpha auto_disabled=%v checksum %s, want true %s", e.AutoDisabled, back.Checksum(), auto.Checksum())
+	}
+	// An explicit false is the same content as an absent field.
+	explicit := strings.Replace(string(doc), `"auto_disabled":true,`, `"auto_disabled":false,`, 1)
+	back, err = Decode([]byte(explicit))
+	if err == nil {
+		t.Fatal("a document whose checksum covers auto_disabled=true decoded with false")
+	}
+	var withFalse []byte
+	if withFalse, err = plain.Encode(); err != nil {
+		t.Fatal(err)
+	}
+	withFalse = []byte(strings.Replace(string(withFalse), `{"config":{"a"`, `{"auto_disabled":false,"config":{"a"`, 1))
+	if !strings.Contains(string(withFalse), `"auto_disabled":false`) {
+		t.Fatal("the test did not place auto_disabled in the document")
+	}
+	if back, err = Decode(withFalse); err != nil || back.Checksum() != workedChecksum {
+		t.Errorf("explicit auto_disabled=false: %v, checksum %v", err, back)
+	}
+}

@@ -301,7 +301,7 @@ func (d *decoder) extensions(items []Extension) ([]Extension, error) {
 	}
 }
 
-var extensionFields = [...]string{"id", "type", "subject", "timeout_ms", "retry", "enabled", "version", "config", "metadata", "versions", "instances"}
+var extensionFields = [...]string{"id", "type", "subject", "timeout_ms", "retry", "enabled", "version", "config", "metadata", "versions", "instances", "auto_disabled"}
 
 // extension reads an aggregate object into e. With children false, versions
 // and instances are checked for syntax and ignored.
@@ -345,6 +345,8 @@ func (d *decoder) extension(e *Extension, children bool) error {
 			f = 9
 		case "instances":
 			f = 10
+		case "auto_disabled":
+			f = 11
 		}
 		if f < 0 {
 			if err := p.skipValue(); err != nil {
@@ -387,6 +389,8 @@ func (d *decoder) extension(e *Extension, children bool) error {
 			} else {
 				err = p.skipValue()
 			}
+		case 11:
+			e.AutoDisabled, err = p.readBool()
 		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", extensionFields[f], err)

@@ -74,11 +74,13 @@ type extensionFieldsDoc struct {
 	Version   string          `json:"version"`
 	Config    json.RawMessage `json:"config"`
 	Metadata  json.RawMessage `json:"metadata"`
+	// AutoDisabled is the syncer's automatic disable (omitted when false, as in §3.1).
+	AutoDisabled bool `json:"auto_disabled,omitempty"`
 }
 
 func extensionFields(e cache.Extension) extensionFieldsDoc {
 	return extensionFieldsDoc{ID: e.ID, Type: e.Type, Subject: e.Subject, TimeoutMS: e.TimeoutMS, Retry: e.Retry,
-		Enabled: e.Enabled, Version: e.Version, Config: e.Config, Metadata: e.Metadata}
+		Enabled: e.Enabled, Version: e.Version, Config: e.Config, Metadata: e.Metadata, AutoDisabled: e.AutoDisabled}
 }
 
 // Replay applies one change to an aggregate as the database did, without validating

@@ -14,8 +14,8 @@ import (
 func Current(ctx context.Context, q Querier, id string) (*cache.Extension, error) {
 	var e cache.Extension
 	var cfg, md []byte
-	err := q.QueryRow(ctx, `SELECT id, type, subject, timeout_ms, retry, enabled, version, config, metadata FROM extensions WHERE id = $1`, id).
-		Scan(&e.ID, &e.Type, &e.Subject, &e.TimeoutMS, &e.Retry, &e.Enabled, &e.Version, &cfg, &md)
+	err := q.QueryRow(ctx, `SELECT id, type, subject, timeout_ms, retry, enabled, version, config, metadata, auto_disabled FROM extensions WHERE id = $1`, id).
+		Scan(&e.ID, &e.Type, &e.Subject, &e.TimeoutMS, &e.Retry, &e.Enabled, &e.Version, &cfg, &md, &e.AutoDisabled)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil
 	}

@@ -126,14 +126,14 @@ func readRows(ctx context.Context, q querier) ([]cache.Extension, int64, error) 
 	}
 	exts := []cache.Extension{}
 	index := map[string]int{}
-	rows, err := q.Query(ctx, `SELECT id, type, subject, timeout_ms, retry, enabled, version, config, metadata FROM extensions ORDER BY id`)
+	rows, err := q.Query(ctx, `SELECT id, type, subject, timeout_ms, retry, enabled, version, config, metadata, auto_disabled FROM extensions ORDER BY id`)
 	if err != nil {
 		return nil, 0, fmt.Errorf("read extensions: %w", err)
 	}
 	for rows.Next() {
 		var e cache.Extension
 		var cfg, md []byte
-		if err := rows.Scan(&e.ID, &e.Type, &e.Subject, &e.TimeoutMS, &e.Retry, &e.Enabled, &e.Version, &cfg, &md); err != nil {
+		if err := rows.Scan(&e.ID, &e.Type, &e.Subject, &e.TimeoutMS, &e.Retry, &e.Enabled, &e.Version, &cfg, &md, &e.AutoDisabled); err != nil {
 			rows.Close()
 			return nil, 0, fmt.Errorf("read extensions: %w", err)
 		}
