@@ -5,14 +5,16 @@ import (
 	"sync"
 
 	"github.com/sony/gobreaker/v2"
+
+	"github.com/beamline/registry-syncer/protocol"
 )
 
 // Breaker states, as reported by Resolve, CallStats and the
 // beamline_extension_circuit_state metric (0, 1, 2).
 const (
-	BreakerClosed   = "closed"
-	BreakerHalfOpen = "half_open"
-	BreakerOpen     = "open"
+	BreakerClosed   = protocol.BreakerClosed
+	BreakerHalfOpen = protocol.BreakerHalfOpen
+	BreakerOpen     = protocol.BreakerOpen
 )
 
 // breaker is the circuit breaker of one invocation target, with the

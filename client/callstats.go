@@ -10,6 +10,8 @@ import (
 	"github.com/DataDog/sketches-go/ddsketch"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/beamline/registry-syncer/protocol"
 )
 
 // Call statistics.
@@ -36,7 +38,7 @@ import (
 // counted under extension="" so that arbitrary ids cannot grow the label set.
 
 // Outcome labels besides the error codes.
-const OutcomeSuccess = "success"
+const OutcomeSuccess = protocol.OutcomeSuccess
 
 // sketchAccuracy is the relative accuracy of the latency sketches.
 const (
@@ -71,6 +73,10 @@ type TargetStats struct {
 	// Latency holds the durations, in seconds, of the calls that reached NATS.
 	// It belongs to the caller (merge it, encode it with ToProto).
 	Latency *ddsketch.DDSketch `json:"-"`
+	// LastSuccess and LastFailure are the times of the last successful and failed
+	// call (zero: none); see protocol.OutcomeClass.
+	LastSuccess time.Time `json:"last_success"`
+	LastFailure time.Time `json:"last_failure"`
 }
 
 // Quantile returns the latency at quantile q (0..1) with 1% relative accuracy,
@@ -108,6 +114,12 @@ func (s CallStats) Extension(id string) TargetStats {
 		}
 		out.Calls += t.Calls
 		out.Retries += t.Retries
+		if t.LastSuccess.After(out.LastSuccess) {
+			out.LastSuccess = t.LastSuccess
+		}
+		if t.LastFailure.After(out.LastFailure) {
+			out.LastFailure = t.LastFailure
+		}
 		for k, v := range t.Outcomes {
 			out.Outcomes[k] += v
 		}
@@ -122,11 +134,13 @@ func (s CallStats) Extension(id string) TargetStats {
 type targetStats struct {
 	extension, target string
 
-	mu       sync.Mutex
-	calls    uint64
-	retries  uint64
-	outcomes map[string]uint64
-	latency  *ddsketch.DDSketch
+	mu          sync.Mutex
+	calls       uint64
+	retries     uint64
+	outcomes    map[string]uint64
+	latency     *ddsketch.DDSketch
+	lastSuccess time.Time
+	lastFailure time.Time
 
 	// Prometheus children, resolved once.
 	duration prometheus.Observer
@@ -201,10 +215,21 @@ func (r *callRecorder) record(extension, target, outcome string, latency time.Du
 	if latency >= 0 {
 		t.duration.Observe(latency.Seconds())
 	}
+	var now time.Time
+	class := protocol.OutcomeClass(outcome)
+	if class == protocol.ClassSuccess || class == protocol.ClassFailure {
+		now = time.Now()
+	}
 	t.mu.Lock()
 	t.calls++
 	t.retries += uint64(retries)
 	t.outcomes[outcome]++
+	switch class {
+	case protocol.ClassSuccess:
+		t.lastSuccess = now
+	case protocol.ClassFailure:
+		t.lastFailure = now
+	}
 	if latency >= 0 {
 		_ = t.latency.Add(latency.Seconds()) // fails only for negative values
 	}
@@ -229,8 +254,9 @@ func (r *callRecorder) take(breakerState func(extension, target string) string) 
 			continue
 		}
 		ts := TargetStats{Extension: t.extension, Target: t.target, Calls: t.calls, Retries: t.retries,
-			Outcomes: t.outcomes, Latency: t.latency}
+			Outcomes: t.outcomes, Latency: t.latency, LastSuccess: t.lastSuccess, LastFailure: t.lastFailure}
 		t.calls, t.retries, t.outcomes, t.latency = 0, 0, map[string]uint64{}, newSketch()
+		t.lastSuccess, t.lastFailure = time.Time{}, time.Time{}
 		t.mu.Unlock()
 		ts.Breaker = breakerState(t.extension, t.target)
 		out.Targets = append(out.Targets, ts)
@@ -262,28 +288,17 @@ func (r *callRecorder) collect(ch chan<- prometheus.Metric, bs *breakers) {
 
 // ExtensionCalls is one extension's entry in a router report's "calls"
 // (PROTOCOL.md §3.7), built by ReportCalls.
-type ExtensionCalls struct {
-	Calls    uint64            `json:"calls"`
-	Outcomes map[string]uint64 `json:"outcomes"`
-	Retries  uint64            `json:"retries"`
-	P50MS    float64           `json:"p50_ms"`
-	P95MS    float64           `json:"p95_ms"`
-	P99MS    float64           `json:"p99_ms"`
-	// Sketch is the latency DDSketch (seconds) in its protobuf encoding
-	// (github.com/DataDog/sketches-go ddsketch.proto; base64 in JSON), so that the
-	// fleet view can merge routers exactly.
-	Sketch []byte `json:"sketch,omitempty"`
-	// Targets splits the calls by target (instance id, or subject); its entries
-	// have no Targets and no Sketch.
-	Targets map[string]TargetCalls `json:"targets,omitempty"`
-}
+type ExtensionCalls = protocol.ExtensionCalls
 
 // TargetCalls is one target of an ExtensionCalls.
-type TargetCalls struct {
-	Calls    uint64            `json:"calls"`
-	Outcomes map[string]uint64 `json:"outcomes"`
-	Breaker  string            `json:"breaker,omitempty"`
-	P99MS    float64           `json:"p99_ms"`
+type TargetCalls = protocol.TargetCalls
+
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	u := t.UTC()
+	return &u
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -304,7 +319,7 @@ func (c *Client) ReportCalls() map[string]json.RawMessage {
 		merged := stats.Extension(id)
 		entry := ExtensionCalls{Calls: merged.Calls, Outcomes: merged.Outcomes, Retries: merged.Retries,
 			P50MS: ms(merged.Quantile(.5)), P95MS: ms(merged.Quantile(.95)), P99MS: ms(merged.Quantile(.99)),
-			Targets: map[string]TargetCalls{}}
+			Targets: map[string]TargetCalls{}, LastSuccess: timePtr(merged.LastSuccess), LastFailure: timePtr(merged.LastFailure)}
 		if !merged.Latency.IsEmpty() {
 			if data, err := proto.Marshal(merged.Latency.ToProto()); err == nil {
 				entry.Sketch = data
@@ -312,7 +327,8 @@ func (c *Client) ReportCalls() map[string]json.RawMessage {
 		}
 		for ; i < len(stats.Targets) && stats.Targets[i].Extension == id; i++ {
 			t := &stats.Targets[i]
-			entry.Targets[t.Target] = TargetCalls{Calls: t.Calls, Outcomes: t.Outcomes, Breaker: t.Breaker, P99MS: ms(t.Quantile(.99))}
+			entry.Targets[t.Target] = TargetCalls{Calls: t.Calls, Outcomes: t.Outcomes, Breaker: t.Breaker, P99MS: ms(t.Quantile(.99)),
+				LastSuccess: timePtr(t.LastSuccess), LastFailure: timePtr(t.LastFailure)}
 		}
 		if data, err := json.Marshal(&entry); err == nil {
 			out[id] = data

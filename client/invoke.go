@@ -15,6 +15,7 @@ import (
 	"github.com/sony/gobreaker/v2"
 
 	"github.com/beamline/registry-syncer/cache"
+	"github.com/beamline/registry-syncer/protocol"
 )
 
 // Invocation: what the Beamline router does around every extension call.
@@ -54,13 +55,13 @@ import (
 
 // Error codes of InvokeError, from the router project's contract.
 const (
-	CodeExtensionUnavailable  = "extension_unavailable"   // circuit open (or half-open and busy), or no usable instance
-	CodeExtensionTimeout      = "extension_timeout"       // every attempt timed out, or the caller's deadline passed
-	CodeExtensionNotFound     = "extension_not_found"     // unknown, disabled or kill-switched
-	CodeValidatorBlocked      = "validator_blocked"       // a validator answered "reject"
-	CodeInvalidRequest        = "invalid_request"         // payload or metadata over the limits, or not JSON
-	CodeInvalidResponseFormat = "invalid_response_format" // the reply is not a JSON object of the type's shape
-	CodeExtensionError        = "extension_error"         // anything else (no responders, connection closed, …)
+	CodeExtensionUnavailable  = protocol.OutcomeExtensionUnavailable  // circuit open (or half-open and busy), or no usable instance
+	CodeExtensionTimeout      = protocol.OutcomeExtensionTimeout      // every attempt timed out, or the caller's deadline passed
+	CodeExtensionNotFound     = protocol.OutcomeExtensionNotFound     // unknown, disabled or kill-switched
+	CodeValidatorBlocked      = protocol.OutcomeValidatorBlocked      // a validator answered "reject"
+	CodeInvalidRequest        = protocol.OutcomeInvalidRequest        // payload or metadata over the limits, or not JSON
+	CodeInvalidResponseFormat = protocol.OutcomeInvalidResponseFormat // the reply is not a JSON object of the type's shape
+	CodeExtensionError        = protocol.OutcomeExtensionError        // anything else (no responders, connection closed, …)
 )
 
 // Sentinels: errors.Is(err, ErrExtensionTimeout) holds for an *InvokeError of
@@ -171,6 +172,7 @@ type invoker struct {
 	c        *Client
 	policies sync.Map // extension id -> *policyEntry
 	breakers breakers
+	probes   probeBudget
 	rec      *callRecorder
 
 	// rnd, when set by a test, replaces rand.Uint64 for weighted picks.
@@ -244,6 +246,10 @@ func (inv *invoker) lookup(id string) (*cache.Extension, *policy, *InvokeError) 
 	p := inv.policy(e)
 	if p.killed {
 		return e, p, &InvokeError{Code: CodeExtensionNotFound, Extension: id, Reason: "kill_switch"}
+	}
+	if e.AutoDisabled && !inv.probes.allow(id, p.breaker, time.Now()) {
+		return e, p, &InvokeError{Code: CodeExtensionUnavailable, Extension: id,
+			Reason: "auto-disabled by the registry (the fleet's circuit is open); probe budget used"}
 	}
 	return e, p, nil
 }

@@ -106,11 +106,14 @@ func (c *Client) stateNow(now time.Time) (string, time.Time) {
 	return r.state, r.since
 }
 
+// reportFeatures are the protocol features this client implements (Report.Features).
+var reportFeatures = []string{protocol.FeatureAutoDisabled}
+
 // buildReport is the report to send now.
 func (c *Client) buildReport(now time.Time) *protocol.Report {
 	st, since := c.stateNow(now)
 	rep := &protocol.Report{RouterID: c.cfg.RouterID, State: st, StateSince: since, Time: now.UTC(),
-		IntervalMS: c.cfg.ReportInterval.Milliseconds()}
+		IntervalMS: c.cfg.ReportInterval.Milliseconds(), Features: reportFeatures}
 	if s := c.snap.Load(); s != nil {
 		rep.Revision, rep.Checksum, rep.Source = s.Revision(), s.Checksum(), s.Source()
 	}

@@ -30,6 +30,19 @@ type Report struct {
 	// Calls holds per-extension call statistics since the previous report (keyed by
 	// extension id); its entries are documented in PROTOCOL.md §3.7.
 	Calls map[string]json.RawMessage `json:"calls,omitempty"`
+	// Features lists what the router implements beyond protocol version 1 as first
+	// published (FeatureAutoDisabled).
+	Features []string `json:"features,omitempty"`
+}
+
+// Has reports whether the router lists feature f.
+func (r *Report) Has(f string) bool {
+	for _, x := range r.Features {
+		if x == f {
+			return true
+		}
+	}
+	return false
 }
 
 // Rejection is one refused payload.
@@ -51,6 +64,10 @@ func DecodeReport(data []byte) (*Report, error) {
 		return nil, invalid("report %s: revision %d", r.RouterID, r.Revision)
 	case r.IntervalMS <= 0:
 		return nil, invalid("report %s: interval_ms must be positive (got %d)", r.RouterID, r.IntervalMS)
+	case len(r.Calls) > MaxReportExtensions:
+		return nil, invalid("report %s: calls for %d extensions (at most %d)", r.RouterID, len(r.Calls), MaxReportExtensions)
+	case len(r.Features) > 64:
+		return nil, invalid("report %s: %d features (at most 64)", r.RouterID, len(r.Features))
 	}
 	switch r.State {
 	case RouterStarting, RouterReady, RouterStale, RouterRejecting:
