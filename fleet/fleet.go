@@ -201,6 +201,20 @@ func (f *Fleet) Routers(now time.Time) []protocol.RouterStatus {
 	return out
 }
 
+// Without lists the live routers whose reports do not list feature (sorted).
+func (f *Fleet) Without(feature string, now time.Time) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for id, e := range f.routers {
+		if !e.gone(now) && !e.rep.Has(feature) {
+			out = append(out, id)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
 // Reset zeroes the gauges (the term that kept this view ended).
 func (m *Metrics) Reset() {
 	if m == nil {
