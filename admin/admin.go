@@ -44,6 +44,9 @@ type Config struct {
 	// Routers returns the leader's fleet view for GET /admin/routers (nil: 404); an error
 	// (not the leader) answers 503.
 	Routers func() (*protocol.FleetStatus, error)
+	// ExtensionsHealth returns the fleet's extension health for GET
+	// /admin/extensions/health (nil: 404); an error answers 503.
+	ExtensionsHealth func(ctx context.Context) (any, error)
 	// Logger receives the server's logs (default: discarded).
 	Logger *slog.Logger
 	// SyncTimeout bounds one forced sync (default 2m).
@@ -119,6 +122,9 @@ func New(cfg Config) (*Server, error) {
 	mux.HandleFunc("POST /admin/sync", s.forceSync)
 	if cfg.Routers != nil {
 		mux.HandleFunc("GET /admin/routers", s.routers)
+	}
+	if cfg.ExtensionsHealth != nil {
+		mux.HandleFunc("GET /admin/extensions/health", s.extensionsHealth)
 	}
 	s.handler = mux
 	return s, nil
@@ -275,6 +281,17 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 
 // routers serves the leader's view of the routers (read-only, no token: it is what
 // `syncer status` shows to anyone with NATS access).
+func (s *Server) extensionsHealth(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	v, err := s.cfg.ExtensionsHealth(ctx)
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
 func (s *Server) routers(w http.ResponseWriter, _ *http.Request) {
 	fs, err := s.cfg.Routers()
 	if err != nil {

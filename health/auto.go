@@ -18,8 +18,9 @@ import (
 //     routers reporting it and at no less than QuorumFraction of them, for Hold
 //     consecutive evaluations, Cooldown after the previous automatic change of it, and
 //     every live router implements auto_disabled (protocol.FeatureAutoDisabled);
-//   - auto-enable (recovery) of an auto-disabled extension: since it was disabled (or
-//     since this term started) the routers' probe calls succeed at MinSuccessRate or more,
+//   - auto-enable (recovery) of an auto-disabled extension: over the last Cooldown (and
+//     since it was disabled, or this term started) the routers' probe calls succeed at
+//     MinSuccessRate or more,
 //     and the last answered probe succeeded at no fewer than QuorumRouters routers and at
 //     no less than QuorumFraction of the routers that probed it, for Hold evaluations;
 //   - instance health_status (when Instances is on): from the instance's answered calls
@@ -251,7 +252,12 @@ func (c *Controller) recover(id string, x *extension, minRate float64, now time.
 		c.hold(key, false)
 		return Decision{}, false
 	}
+	// The fleet's success rate counts recent probes only (the last Cooldown, and not
+	// before the disable): old failures must not delay a recovery the probes show.
 	since := c.disabledSince[id]
+	if recent := now.Add(-c.p.Cooldown); recent.After(since) {
+		since = recent
+	}
 	var cnt counts
 	for i := len(x.buckets) - 1; i >= 0 && !x.buckets[i].start.Before(since); i-- {
 		cnt.plus(x.buckets[i].counts)

@@ -359,7 +359,7 @@ func TestRecovery(t *testing.T) {
 	snap := snapOf(t, geo(true))
 	m := NewMerger(interval)
 	start := time.Now()
-	c := NewController(Policy{AutoDisable: true, AutoEnable: true, Hold: 2, Cooldown: time.Millisecond}, start)
+	c := NewController(Policy{AutoDisable: true, AutoEnable: true, Hold: 2, Cooldown: 3 * interval}, start)
 	now := start
 	for i := range 3 {
 		now = start.Add(time.Duration(i+1) * interval)
@@ -378,8 +378,8 @@ func TestRecovery(t *testing.T) {
 			break
 		}
 	}
-	// 3 failures and 3 successes per router so far, then successes: the rate since the
-	// term started must reach 0.8 first.
+	// Failing probes lately, then successes: the rate over the last cooldown must reach
+	// 0.8 first.
 	for range 20 {
 		if len(got) > 0 {
 			break

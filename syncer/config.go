@@ -11,6 +11,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/beamline/registry-syncer/health"
 	"github.com/beamline/registry-syncer/listener"
 )
 
@@ -56,6 +57,13 @@ type Config struct {
 	Listener listener.Config
 	// InstanceID names this process in heartbeats and logs (default hostname:pid).
 	InstanceID string
+	// HealthInterval is the period of the control loop (default 5s): the routers' reports
+	// merged into extension_health (at most one write per extension per interval) and the
+	// automatic management decisions (package health).
+	HealthInterval time.Duration
+	// Auto is automatic management's policy (package health; off by default). Its
+	// AutoEnable has no default here: the daemon's is true.
+	Auto health.Policy
 }
 
 // WithDefaults fills zero fields.
@@ -70,6 +78,8 @@ func (c Config) WithDefaults() Config {
 	c.History = cmp.Or(c.History, 100_000)
 	c.Batch = cmp.Or(c.Batch, 500)
 	c.Listener.URL = cmp.Or(c.Listener.URL, c.DatabaseURL)
+	c.HealthInterval = cmp.Or(c.HealthInterval, 5*time.Second)
+	c.Auto = c.Auto.WithDefaults()
 	if c.InstanceID == "" {
 		host, _ := os.Hostname()
 		c.InstanceID = fmt.Sprintf("%s:%d", cmp.Or(host, "syncer"), os.Getpid())
@@ -89,14 +99,18 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("syncer: a database URL is required with source %q", c.Source))
 	}
 	pos := map[string]time.Duration{"SyncInterval": c.SyncInterval, "HeartbeatInterval": c.HeartbeatInterval,
-		"SnapshotInterval": c.SnapshotInterval, "LeaderRetry": c.LeaderRetry, "LeaderTTL": c.LeaderTTL, "DatabaseRetry": c.DatabaseRetry}
-	for _, name := range []string{"SyncInterval", "HeartbeatInterval", "SnapshotInterval", "LeaderRetry", "LeaderTTL", "DatabaseRetry"} {
+		"SnapshotInterval": c.SnapshotInterval, "LeaderRetry": c.LeaderRetry, "LeaderTTL": c.LeaderTTL, "DatabaseRetry": c.DatabaseRetry,
+		"HealthInterval": c.HealthInterval}
+	for _, name := range []string{"SyncInterval", "HeartbeatInterval", "SnapshotInterval", "LeaderRetry", "LeaderTTL", "DatabaseRetry", "HealthInterval"} {
 		if pos[name] <= 0 {
 			errs = append(errs, fmt.Errorf("syncer: %s must be positive (got %s)", name, pos[name]))
 		}
 	}
 	if c.LeaderTTL > 0 && c.LeaderTTL < 300*time.Millisecond {
 		errs = append(errs, fmt.Errorf("syncer: LeaderTTL must be at least 300ms (got %s)", c.LeaderTTL))
+	}
+	if err := c.Auto.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("syncer: %w", err))
 	}
 	if c.History < 1 {
 		errs = append(errs, fmt.Errorf("syncer: History must be positive (got %d)", c.History))

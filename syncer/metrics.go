@@ -2,6 +2,7 @@ package syncer
 
 import (
 	"github.com/beamline/registry-syncer/fleet"
+	"github.com/beamline/registry-syncer/health"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -29,6 +30,8 @@ type Metrics struct {
 	Lag               prometheus.Histogram
 	// Fleet are the metrics of the leader's fleet view (router reports).
 	Fleet *fleet.Metrics
+	// Health are the control loop's (extension health, automatic management).
+	Health *health.Metrics
 }
 
 // NewMetrics creates the metrics and registers them on reg (nil: not registered).
@@ -64,6 +67,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
 	}
 	m.Fleet = fleet.NewMetrics(reg)
+	m.Health = health.NewMetrics(reg)
 	if reg != nil {
 		reg.MustRegister(m.Notifications, m.Revisions, m.PublishErrors, m.Republished, m.ReconcileRuns,
 			m.ReconcileRepairs, m.DriftExtensions, m.ApplyErrors, m.TimelineChanges, m.Withheld, m.SnapshotWrites, m.ListenerReconnect,

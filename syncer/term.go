@@ -11,6 +11,7 @@ import (
 
 	"github.com/beamline/registry-syncer/cache"
 	"github.com/beamline/registry-syncer/fleet"
+	"github.com/beamline/registry-syncer/health"
 	"github.com/beamline/registry-syncer/leadership"
 	"github.com/beamline/registry-syncer/listener"
 	"github.com/beamline/registry-syncer/protocol"
@@ -47,6 +48,8 @@ type term struct {
 	deepNext     int   // verifyChain's place in the history below the snapshot (0: the newest)
 	fleetView    *fleet.Fleet
 	withheld     withholding
+	// health is the term's control loop (nil with the fixtures source: no database).
+	health *termHealth
 
 	// The snapshot writer (snapshot.go) runs beside the publishing goroutine.
 	latest       atomic.Pointer[cache.Snapshot] // newest published state
@@ -64,6 +67,8 @@ func newTerm(s *Syncer, lease *leadership.Term) *term {
 		snapWake: make(chan struct{}, 1), writerStop: make(chan struct{}), writerDone: make(chan struct{})}
 	if lease != nil {
 		t.pub = s.pub.WithFence(lease.Valid)
+		t.health = &termHealth{merger: health.NewMerger(s.cfg.HealthInterval), ctl: health.NewController(s.cfg.Auto, time.Now()),
+			done: make(chan struct{})}
 	}
 	t.written.Store(-1)
 	// The writer's writes end with the lease; a clean stop (stop) lets the one in flight
@@ -118,6 +123,9 @@ func (s *term) leadLoop(ctx context.Context) error {
 		return err
 	}
 	defer stopFleet()
+	if s.health != nil {
+		defer s.startHealth(ctx, pool)()
+	}
 	lcfg := s.cfg.Listener
 	lis, err := listener.New(lcfg, s.base, nil)
 	if err != nil {
@@ -289,7 +297,9 @@ func (s *term) serveFleet() (stop func(), err error) {
 			s.fleetView.Invalid()
 			return
 		}
-		s.fleetView.Observe(r, time.Now())
+		now := time.Now()
+		s.fleetView.Observe(r, now)
+		s.observeReport(r, now)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("subscribe to router reports: %w", err)

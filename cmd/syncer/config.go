@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"github.com/hashicorp/go-multierror"
 	"github.com/nats-io/nkeys"
 
+	"github.com/beamline/registry-syncer/health"
 	"github.com/beamline/registry-syncer/listener"
 	"github.com/beamline/registry-syncer/protocol"
 	"github.com/beamline/registry-syncer/publisher"
@@ -83,6 +85,17 @@ type spec struct {
 	SnapshotChunk    int           `envconfig:"SNAPSHOT_CHUNK_SIZE" default:"0" expect:"0 (automatic) or at least 1024 bytes" desc:"Size of one snapshot chunk in bytes (0: the server's max_payload less 8 KiB)."`
 	DuplicateWindow  time.Duration `envconfig:"DUPLICATE_WINDOW" default:"2m" expect:"a duration of at least 1s, not above DELTA_MAX_AGE" desc:"JetStream duplicate-detection window of the delta stream."`
 
+	HealthInterval time.Duration `envconfig:"HEALTH_INTERVAL" default:"5s" expect:"a duration of at least 100ms such as 5s" desc:"Period of the control loop: the routers' call statistics merged into extension_health (at most one write per extension per interval, never a revision) and the automatic management decisions."`
+	AutoDisable    bool          `envconfig:"AUTO_DISABLE" default:"false" expect:"true or false" desc:"Automatic disable for extensions whose extension_health.auto_manage is 'default' ('on' and 'off' override it): an extension whose circuit is open at a quorum of the routers calling it becomes auto_disabled (audited, a revision every router applies; routers keep a few probe calls). An operator's enable or disable always wins."`
+	AutoEnable     bool          `envconfig:"AUTO_ENABLE" default:"true" expect:"true or false" desc:"Re-enable an auto-disabled extension once the routers' probe calls succeed at a quorum (false: an operator clears auto_disabled)."`
+	AutoInstances  bool          `envconfig:"AUTO_INSTANCE_HEALTH" default:"false" expect:"true or false" desc:"Set extension_instances.health_status from the merged reports (healthy, degraded, unhealthy), so that every router's load balancing avoids unhealthy instances."`
+	AutoQuorum     int           `envconfig:"AUTO_QUORUM_ROUTERS" default:"2" expect:"a positive integer" desc:"Least number of routers that must agree (circuit open, or probes recovered) before an automatic decision."`
+	AutoFraction   float64       `envconfig:"AUTO_QUORUM_FRACTION" default:"0.5" expect:"a number in (0, 1]" desc:"Least share of the routers calling an extension that must agree before an automatic decision."`
+	AutoMinSuccess float64       `envconfig:"AUTO_MIN_SUCCESS_RATE" default:"0.8" expect:"a number in (0, 1]" desc:"Success rate at or above which probes count as recovered, and below which an instance is unhealthy (extension_health.min_success_rate overrides it per extension)."`
+	AutoHold       int           `envconfig:"AUTO_HOLD" default:"2" expect:"a positive integer" desc:"Consecutive health intervals a condition must hold before an automatic decision (hysteresis)."`
+	AutoCooldown   time.Duration `envconfig:"AUTO_COOLDOWN" default:"60s" expect:"a positive duration such as 60s" desc:"Least time between two automatic changes of one extension or instance; an unhealthy instance without calls for this long goes back to unknown."`
+	AutoMinCalls   int           `envconfig:"AUTO_MIN_CALLS" default:"10" expect:"a positive integer" desc:"Least answered calls over the window before an instance's success rate is judged."`
+
 	LogLevel  string `envconfig:"LOG_LEVEL" default:"info" expect:"one of debug, info, warn, error" desc:"Least level logged: debug, info, warn or error."`
 	LogFormat string `envconfig:"LOG_FORMAT" default:"text" expect:"text or json" desc:"Log format on standard error: text or json."`
 }
@@ -139,6 +152,12 @@ func decode(value string, field reflect.Value) error {
 			return err
 		}
 		field.SetInt(n)
+	case float64:
+		f, err := strconv.ParseFloat(value, 64)
+		if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+			return fmt.Errorf("not a finite number: %q", value)
+		}
+		field.SetFloat(f)
 	default:
 		return fmt.Errorf("unsupported type %s", field.Type())
 	}
@@ -408,6 +427,15 @@ func loadConfig(lookup func(string) (string, bool)) (*config, error) {
 	check("SNAPSHOT_CHUNK_SIZE", s.SnapshotChunk == 0 || s.SnapshotChunk >= 1024)
 	check("DUPLICATE_WINDOW", s.DuplicateWindow >= time.Second && (bad["DELTA_MAX_AGE"] || s.DuplicateWindow <= s.DeltaMaxAge))
 
+	// Control loop.
+	check("HEALTH_INTERVAL", s.HealthInterval >= 100*time.Millisecond)
+	check("AUTO_QUORUM_ROUTERS", s.AutoQuorum >= 1)
+	check("AUTO_QUORUM_FRACTION", s.AutoFraction > 0 && s.AutoFraction <= 1)
+	check("AUTO_MIN_SUCCESS_RATE", s.AutoMinSuccess > 0 && s.AutoMinSuccess <= 1)
+	check("AUTO_HOLD", s.AutoHold >= 1)
+	check("AUTO_COOLDOWN", s.AutoCooldown > 0)
+	check("AUTO_MIN_CALLS", s.AutoMinCalls >= 1)
+
 	// Logging.
 	if !bad["LOG_LEVEL"] {
 		if err := c.LogLevel.UnmarshalText([]byte(s.LogLevel)); err != nil {
@@ -436,6 +464,10 @@ func loadConfig(lookup func(string) (string, bool)) (*config, error) {
 		LeaderRetry:       s.LeaderRetry,
 		LeaderTTL:         s.LeaderTTL,
 		Listener:          listener.Config{Disabled: !s.Listen, PollInterval: s.PollInterval},
+		HealthInterval:    s.HealthInterval,
+		Auto: health.Policy{AutoDisable: s.AutoDisable, AutoEnable: s.AutoEnable, Instances: s.AutoInstances,
+			QuorumRouters: s.AutoQuorum, QuorumFraction: s.AutoFraction, MinSuccessRate: s.AutoMinSuccess,
+			Hold: s.AutoHold, Cooldown: s.AutoCooldown, MinCalls: s.AutoMinCalls},
 	}
 	c.Publisher = publisher.Config{
 		Prefix:           s.SubjectPrefix,

@@ -98,7 +98,10 @@ func daemon(ctx context.Context, cfg *config, log *slog.Logger) error {
 			Status:    s.Status,
 			ForceSync: s.ForceSync,
 			Routers:   s.Fleet,
-			Logger:    log,
+			ExtensionsHealth: func(ctx context.Context) (any, error) {
+				return s.ExtensionsHealth(ctx)
+			},
+			Logger: log,
 		})
 		if err == nil {
 			// Not cancelled by the signal: srv.Stop ends it after the drain.

@@ -166,8 +166,8 @@ func readDB(ctx context.Context, pool *pgxpool.Pool) (*cache.Snapshot, error) {
 		index := map[string]int{}
 		var e cache.Extension
 		var cfg, md []byte
-		rows, _ := tx.Query(ctx, `SELECT id, type, subject, timeout_ms, retry, enabled, version, config, metadata FROM extensions ORDER BY id`)
-		_, err := pgx.ForEachRow(rows, []any{&e.ID, &e.Type, &e.Subject, &e.TimeoutMS, &e.Retry, &e.Enabled, &e.Version, &cfg, &md}, func() error {
+		rows, _ := tx.Query(ctx, `SELECT id, type, subject, timeout_ms, retry, enabled, version, config, metadata, auto_disabled FROM extensions ORDER BY id`)
+		_, err := pgx.ForEachRow(rows, []any{&e.ID, &e.Type, &e.Subject, &e.TimeoutMS, &e.Retry, &e.Enabled, &e.Version, &cfg, &md, &e.AutoDisabled}, func() error {
 			x := e
 			x.Config, x.Metadata = append([]byte(nil), cfg...), append([]byte(nil), md...)
 			index[x.ID] = len(exts)
