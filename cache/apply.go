@@ -104,12 +104,12 @@ func (s *Snapshot) Apply(revision int64, source string, changes []Change) (*Snap
 	}
 	var affected [numTypes]bool
 	for k, id := range changed {
-		if old, ok := s.index[id]; ok && old.Enabled {
+		if old, ok := s.index[id]; ok && old.Serves() {
 			affected[typeIndex(old.Type)] = true
 		}
 		if e := repl[k]; e != nil {
 			next.index[id] = e
-			if e.Enabled {
+			if e.Serves() {
 				affected[typeIndex(e.Type)] = true
 			}
 		} else {
@@ -121,7 +121,7 @@ func (s *Snapshot) Apply(revision int64, source string, changes []Change) (*Snap
 	for t := range affected {
 		if affected[t] {
 			next.byType[t], _ = splice(s.byType[t], nil, changed, repl, nil, func(e *Extension) bool {
-				return e.Enabled && typeIndex(e.Type) == t
+				return e.Serves() && typeIndex(e.Type) == t
 			})
 		}
 	}

@@ -98,9 +98,9 @@ type Version struct {
 	Metadata     json.RawMessage `json:"metadata"`
 	RoutingRules json.RawMessage `json:"routing_rules"` // JSON object whose values are strings or arrays of strings
 
-	// rules is RoutingRules parsed, sorted by key; filled by normalization
-	// (New, Apply, Decode) so that SelectVersion never allocates.
-	rules  []rule
+	// rules is RoutingRules parsed; filled by normalization (New, Apply,
+	// Decode) so that Choose never allocates.
+	rules  ruleSet
 	parsed bool
 }
 
@@ -122,15 +122,30 @@ type Change struct {
 	Value json.RawMessage `json:"value,omitempty"` // put only: an Extension's own fields (kind extension; any versions/instances in it are ignored), a Version, an Instance, or a full Extension aggregate (kind aggregate)
 }
 
-// VersionChoice is the outcome of Extension.SelectVersion: the definition to
-// invoke for one request.
+// VersionChoice is the outcome of Extension.Choose: the definition to invoke
+// for one request.
 type VersionChoice struct {
 	Version   string
 	Subject   string
 	TimeoutMS int
 	Retry     int
 	Config    json.RawMessage
+	// Match says why this definition was chosen: MatchRules (the version's
+	// attribute rules match the request), MatchPercent (the request's bucket is
+	// in the version's $percent share) or MatchDefault (the extension's own
+	// definition).
+	Match string
+	// Bucket is the request's bucket (0..9999, rules.PercentBucket) for the
+	// chosen version when Match is MatchPercent, else -1.
+	Bucket int
 }
+
+// VersionChoice.Match values.
+const (
+	MatchRules   = "routing_rules"
+	MatchPercent = "percent"
+	MatchDefault = "default"
+)
 
 // typeIndex maps an extension type to its slot in Snapshot.byType, -1 if unknown.
 func typeIndex(t string) int {

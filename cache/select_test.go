@@ -3,6 +3,8 @@ package cache
 import (
 	"encoding/json"
 	"testing"
+
+	"github.com/beamline/registry-syncer/rules"
 )
 
 func TestSelectVersion(t *testing.T) {
@@ -95,4 +97,62 @@ func TestNewer(t *testing.T) {
 			t.Errorf("newer(%s, %s) = %v", tc.a, tc.b, got)
 		}
 	}
+}
+
+// TestPercentShareAndMonotone: a $percent version serves about that share of 10,000 keys,
+// raising the percentage only adds keys, and a disabled extension serves nobody else.
+func TestPercentShareAndMonotone(t *testing.T) {
+	t.Parallel()
+	mk := func(pct string) *Extension {
+		e := validExt("pct")
+		e.Enabled = false
+		v := validVersion(e.Version)
+		v.Subject = e.Subject
+		v.RoutingRules = json.RawMessage(`{"tenant_id":["vip"],"$percent":"` + pct + `","$percent_key":"user_id"}`)
+		e.Versions = []Version{v}
+		s, err := New(1, "database", []Extension{e})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := s.Get("pct")
+		return got
+	}
+	prev := map[string]bool{}
+	for _, pct := range []string{"0", "5", "25", "50", "100"} {
+		e := mk(pct)
+		in := map[string]bool{}
+		for i := 0; i < 10000; i++ {
+			key := "user-" + itoa(int64(i))
+			ch, ok := e.Choose(map[string]string{"user_id": key})
+			if ok {
+				if ch.Match != MatchPercent || ch.Bucket < 0 {
+					t.Fatalf("%s%%: %s served by %s (bucket %d), want percent", pct, key, ch.Match, ch.Bucket)
+				}
+				in[key] = true
+			}
+		}
+		for k := range prev {
+			if !in[k] {
+				t.Errorf("%s%%: %s was in at the lower percentage and is out now", pct, k)
+			}
+		}
+		bp, _ := rules.ParsePercent(pct)
+		if want := bp; abs(len(in)-want) > 150 {
+			t.Errorf("%s%%: %d of 10000 keys in, want %d ± 150", pct, len(in), want)
+		}
+		if ch, ok := e.Choose(map[string]string{"tenant_id": "vip"}); !ok || ch.Match != MatchRules {
+			t.Errorf("%s%%: the allow-listed tenant got %+v, %v", pct, ch, ok)
+		}
+		if _, ok := e.Choose(map[string]string{"tenant_id": "other"}); ok {
+			t.Errorf("%s%%: a request without user_id was served by a disabled extension", pct)
+		}
+		prev = in
+	}
+}
+
+func abs(n int) int {
+	if n < 0 {
+		return -n
+	}
+	return n
 }

@@ -85,7 +85,7 @@ func build(revision int64, source string, items []Extension, hs [][32]byte) (*Sn
 	}
 	var counts [numTypes]int
 	for _, e := range s.all {
-		if e.Enabled {
+		if e.Serves() {
 			counts[typeIndex(e.Type)]++
 		}
 	}
@@ -93,7 +93,7 @@ func build(revision int64, source string, items []Extension, hs [][32]byte) (*Sn
 		s.byType[t] = make([]*Extension, 0, counts[t])
 	}
 	for _, e := range s.all {
-		if e.Enabled {
+		if e.Serves() {
 			t := typeIndex(e.Type)
 			s.byType[t] = append(s.byType[t], e)
 		}
@@ -148,12 +148,14 @@ func (s *Snapshot) Checksum() string { return s.checksum }
 // Len returns the number of extensions, including disabled ones.
 func (s *Snapshot) Len() int { return len(s.all) }
 
-// Lookup returns the enabled extension with the given id. A disabled
-// extension is known (see Get) but never invoked, so Lookup reports it as
+// Lookup returns the extension with the given id when it can serve requests
+// (Extension.Serves: enabled, or disabled with enabled routed versions in
+// rollout; Choose decides per request). A disabled extension without such
+// versions is known (see Get) but never invoked, so Lookup reports it as
 // absent. Lookup does not allocate.
 func (s *Snapshot) Lookup(id string) (*Extension, bool) {
 	e, ok := s.index[id]
-	if !ok || !e.Enabled {
+	if !ok || !e.Serves() {
 		return nil, false
 	}
 	return e, true
@@ -165,7 +167,7 @@ func (s *Snapshot) Get(id string) (*Extension, bool) {
 	return e, ok
 }
 
-// ByType returns the enabled extensions of a type in ascending id order (nil
+// ByType returns the extensions of a type that can serve requests (see Lookup) in ascending id order (nil
 // for an unknown type). The slice is shared and read-only. ByType does not
 // allocate.
 func (s *Snapshot) ByType(typ string) []*Extension {

@@ -409,9 +409,9 @@ func (n *normalizer) rawCanonicalize(id string, pt path, raw *json.RawMessage, v
 
 // parseRules parses v.RoutingRules (a canonical JSON object) into v.rules.
 func (n *normalizer) parseRules(id string, pt path, v *Version) {
-	rs, msg := parseRules(&n.p, v.RoutingRules)
-	if msg != "" {
-		n.broke(id, pt, &rules.Violation{Rule: rules.RuleRoutingRules, Msg: msg})
+	rs, bad := parseRules(&n.p, v.RoutingRules)
+	if bad != nil {
+		n.broke(id, pt, bad)
 		return
 	}
 	v.rules = rs
@@ -420,31 +420,38 @@ func (n *normalizer) parseRules(id string, pt path, v *Version) {
 
 const rulesRule = "must be a JSON object whose values are strings or arrays of strings"
 
-// parseRules parses a routing_rules JSON object. On failure it returns the
-// broken rule as a message.
-func parseRules(p *jsonParser, raw []byte) ([]rule, string) {
+// parseRules parses a routing_rules JSON object: its attribute keys (sorted as
+// written) and its reserved rollout keys (rules.Rollout). On failure it returns the
+// broken rule.
+func parseRules(p *jsonParser, raw []byte) (ruleSet, *rules.Violation) {
+	bad := func(format string, args ...any) (ruleSet, *rules.Violation) {
+		return ruleSet{}, &rules.Violation{Rule: rules.RuleRoutingRules, Msg: fmt.Sprintf(format, args...)}
+	}
+	rs := ruleSet{pct: -1}
 	p.reset(raw)
 	if err := p.expect('{'); err != nil {
-		return nil, fmt.Sprintf("%s (%v)", rulesRule, err)
+		return bad("%s (%v)", rulesRule, err)
 	}
-	var rules []rule
+	var reserved []rules.RolloutKey
 	first := true
 	for {
 		key, ok, err := p.nextKey(&first)
 		if err != nil {
-			return nil, fmt.Sprintf("%s (%v)", rulesRule, err)
+			return bad("%s (%v)", rulesRule, err)
 		}
 		if !ok {
 			break
 		}
 		r := rule{key: string(key)}
+		isString := false
 		switch c := p.peek(); c {
 		case '"':
 			b, err := p.stringBytes()
 			if err != nil {
-				return nil, fmt.Sprintf("%s (%v)", rulesRule, err)
+				return bad("%s (%v)", rulesRule, err)
 			}
 			r.vals = []string{string(b)}
+			isString = true
 		case '[':
 			p.pos++
 			r.vals = []string{}
@@ -456,26 +463,45 @@ func parseRules(p *jsonParser, raw []byte) ([]rule, string) {
 				}
 				if i > 0 {
 					if err := p.expect(','); err != nil {
-						return nil, fmt.Sprintf("%s (%v)", rulesRule, err)
+						return bad("%s (%v)", rulesRule, err)
 					}
 					c = p.peek()
 				}
 				if c != '"' {
-					return nil, fmt.Sprintf("%s (key %q has a non-string array element)", rulesRule, r.key)
+					return bad("%s (key %q has a non-string array element)", rulesRule, r.key)
 				}
 				b, err := p.stringBytes()
 				if err != nil {
-					return nil, fmt.Sprintf("%s (%v)", rulesRule, err)
+					return bad("%s (%v)", rulesRule, err)
 				}
 				r.vals = append(r.vals, string(b))
 			}
 		default:
-			return nil, fmt.Sprintf("%s (key %q has a value of type %s)", rulesRule, r.key, jsonKind(c))
+			return bad("%s (key %q has a value of type %s)", rulesRule, r.key, jsonKind(c))
 		}
-		rules = append(rules, r)
+		if rules.IsReservedKey(r.key) {
+			rk := rules.RolloutKey{Key: r.key, IsString: isString}
+			if isString {
+				rk.Value = r.vals[0]
+			}
+			reserved = append(reserved, rk)
+			continue
+		}
+		rs.keys = append(rs.keys, r)
 	}
 	if err := p.end(); err != nil {
-		return nil, fmt.Sprintf("%s (%v)", rulesRule, err)
+		return bad("%s (%v)", rulesRule, err)
 	}
-	return rules, ""
+	if v := rules.Rollout(reserved); v != nil {
+		return ruleSet{}, v
+	}
+	for _, k := range reserved {
+		switch k.Key {
+		case rules.PercentKey:
+			rs.pct, _ = rules.ParsePercent(k.Value)
+		case rules.PercentAttrKey:
+			rs.pctAttr = k.Value
+		}
+	}
+	return rs, nil
 }

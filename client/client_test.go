@@ -35,16 +35,21 @@ func TestBootstrapAndApply(t *testing.T) {
 	if len(ev) != 1 || ev[0].old != nil || len(ev[0].changed) != 20 {
 		t.Fatalf("bootstrap OnChange: %+v", ev)
 	}
-	// Disabled extensions: known, never invoked.
-	if _, ok := c.Lookup("ext.000009"); ok {
-		t.Error("Lookup returned a disabled extension")
+	// Disabled extensions: known; one whose enabled v2 routes tenants t1 and t2 is in
+	// rollout (PROTOCOL.md §3.1): returned, and serves those tenants only.
+	e9, ok := c.Lookup("ext.000009")
+	if !ok || e9.Enabled {
+		t.Fatal("Lookup should return the disabled extension in rollout")
 	}
-	if e, ok := c.Snapshot().Get("ext.000009"); !ok || e.Enabled {
-		t.Error("Snapshot().Get should return the disabled extension with Enabled false")
+	if ch, ok := e9.Choose(map[string]string{"tenant": "t1"}); !ok || ch.Version != "v2" {
+		t.Errorf("disabled extension in rollout: tenant t1 got %+v, %v; want v2", ch, ok)
+	}
+	if _, ok := e9.Choose(map[string]string{"tenant": "t3"}); ok {
+		t.Error("disabled extension in rollout served tenant t3, who is not in the rollout")
 	}
 	for _, e := range c.ByType(cache.TypeValidator) {
-		if !e.Enabled {
-			t.Errorf("ByType returned disabled %s", e.ID)
+		if !e.Serves() {
+			t.Errorf("ByType returned %s, which serves nobody", e.ID)
 		}
 	}
 	if e, ok := c.Lookup("ext.000001"); !ok || e.ID != "ext.000001" {
@@ -56,6 +61,7 @@ func TestBootstrapAndApply(t *testing.T) {
 	e3, _ := src.state().Get("ext.000003")
 	off := *e3
 	off.Enabled = false
+	off.Versions = nil // no version in rollout: never invoked
 	src.commit(aggregate(t, &off))
 	waitSame(t, c, src)
 

@@ -21,7 +21,7 @@ import (
 // Invocation: what the Beamline router does around every extension call.
 //
 // Invoke looks the extension up in the snapshot being served, selects its
-// version (cache.Extension.SelectVersion with the request's attributes) and then
+// version (cache.Extension.Choose with the request's attributes) and then
 // its target: the extension's instances serve its current version (the
 // extension's own definition); when the selected version is the current one and
 // the extension has enabled instances, one of them is chosen (see balance.go),
@@ -31,11 +31,14 @@ import (
 // up to retry times, after a backoff of 100·2^(n−1) ms before retry n (the
 // caller's context cancels it). Every call is counted and timed (callstats.go).
 //
-// Extension not found: an id unknown to the snapshot, a disabled extension
-// (enabled false: Lookup never returns it) and an extension whose
-// metadata.kill_switch is true all fail with extension_not_found, before any
-// breaker or NATS traffic; InvokeError.Reason says which ("unknown",
-// "disabled", "kill_switch"), and so does a client without a snapshot yet
+// Extension not found: an id unknown to the snapshot, an extension whose
+// metadata.kill_switch is true (whatever else it says), and a disabled
+// extension (enabled false) for a request that none of its enabled routed
+// versions matches (cache.Extension.Choose: a disabled extension in rollout
+// serves its allow-listed attributes and its $percent share, nobody else) all
+// fail with extension_not_found, before any breaker or NATS traffic;
+// InvokeError.Reason says which ("unknown", "kill_switch", "disabled", or
+// "disabled (in rollout: …)"), and so does a client without a snapshot yet
 // ("no snapshot").
 //
 // Extension metadata read by the client (every field optional; a field of the
@@ -237,15 +240,15 @@ func (inv *invoker) lookup(id string) (*cache.Extension, *policy, *InvokeError) 
 		return nil, nil, &InvokeError{Code: CodeExtensionNotFound, Extension: id, Reason: "no snapshot"}
 	}
 	e, ok := s.Get(id)
-	switch {
-	case !ok:
+	if !ok {
 		return nil, nil, &InvokeError{Code: CodeExtensionNotFound, Extension: id, Reason: "unknown"}
-	case !e.Enabled:
-		return e, nil, &InvokeError{Code: CodeExtensionNotFound, Extension: id, Reason: "disabled"}
 	}
 	p := inv.policy(e)
 	if p.killed {
 		return e, p, &InvokeError{Code: CodeExtensionNotFound, Extension: id, Reason: "kill_switch"}
+	}
+	if !e.Serves() {
+		return e, nil, &InvokeError{Code: CodeExtensionNotFound, Extension: id, Reason: "disabled"}
 	}
 	if e.AutoDisabled && !inv.probes.allow(id, p.breaker, time.Now()) {
 		return e, p, &InvokeError{Code: CodeExtensionUnavailable, Extension: id,
@@ -256,7 +259,11 @@ func (inv *invoker) lookup(id string) (*cache.Extension, *policy, *InvokeError) 
 
 // route selects the version and the target of one call.
 func (inv *invoker) route(e *cache.Extension, p *policy, req *Request, attrs map[string]string) (route, *InvokeError) {
-	r := route{ext: e, pol: p, choice: e.SelectVersion(attrs), instance: -1}
+	choice, ok := e.Choose(attrs)
+	r := route{ext: e, pol: p, choice: choice, instance: -1}
+	if !ok {
+		return r, &InvokeError{Code: CodeExtensionNotFound, Extension: e.ID, Reason: "disabled (in rollout: no enabled version's routing_rules or $percent match this request)"}
+	}
 	r.subject, r.target = r.choice.Subject, r.choice.Subject
 	if r.choice.Version != e.Version {
 		return r, nil // a routed version: instances serve the current version only

@@ -5,6 +5,11 @@ type Plan struct {
 	Extension string `json:"extension"`
 	Type      string `json:"type"`
 	Version   string `json:"version"`
+	// Match says why the version was selected: "routing_rules", "percent"
+	// or "default" (cache.VersionChoice.Match); Bucket is the request's
+	// percentage bucket (0..9999) when Match is "percent", else -1.
+	Match  string `json:"match"`
+	Bucket int    `json:"bucket"`
 	// VersionSubject is the selected version's subject.
 	VersionSubject string `json:"version_subject"`
 	// Subject is the subject Invoke would call now (the chosen instance's, or
@@ -52,7 +57,11 @@ func (c *Client) Resolve(id string, attrs map[string]string, stickyKey string) (
 		return nil, ierr
 	}
 	r, ierr := inv.route(e, p, &Request{StickyKey: stickyKey}, attrs)
-	plan := &Plan{Extension: id, Type: e.Type, Version: r.choice.Version, VersionSubject: r.choice.Subject, Subject: r.subject, Target: r.target,
+	if ierr != nil && ierr.Code == CodeExtensionNotFound {
+		return nil, ierr
+	}
+	plan := &Plan{Extension: id, Type: e.Type, Version: r.choice.Version, Match: r.choice.Match, Bucket: r.choice.Bucket,
+		VersionSubject: r.choice.Subject, Subject: r.subject, Target: r.target,
 		TimeoutMS: r.choice.TimeoutMS, Retry: r.choice.Retry, StickyKey: r.stickKey, Instances: []PlanInstance{},
 		Breaker: p.breaker, BreakerState: inv.breakerState(id, r.target),
 		MaxPayloadBytes: p.maxPayload, MaxMetadataBytes: p.maxMetadata, Problems: p.problems}

@@ -85,6 +85,11 @@ func cases() []gateCase {
 		inst("id of 255 bytes", "", "", func(i *cache.Instance) { i.InstanceID = é(127) + "a" }),
 		inst("subject without version", "", "", func(i *cache.Instance) { i.Subject = "beamline.ext.pre.agg.node-1" }),
 		ver("routing rules empty", "", "", func(v *cache.Version) { v.RoutingRules = raw(`{}`) }),
+		ver("routing rules with a percentage", "", "", func(v *cache.Version) {
+			v.RoutingRules = raw(`{"tenant_id":["t1"],"$percent":"12.5","$percent_key":"user_id"}`)
+		}),
+		ver("routing rules at 100.00 percent", "", "", func(v *cache.Version) { v.RoutingRules = raw(`{"$percent":"100.00","$percent_key":"k"}`) }),
+		ver("routing rules at 0 percent", "", "", func(v *cache.Version) { v.RoutingRules = raw(`{"$percent":"0","$percent_key":"k"}`) }),
 
 		// The seven rows PostgreSQL accepted and the router refused before migration 00005.
 		ext("subject of 612 bytes in 512 characters", "subject", b512, func(e *cache.Extension) { e.Subject = "beamline.ext.pre." + é(296) + ".v1" }),
@@ -141,6 +146,18 @@ func cases() []gateCase {
 		ver("config number 1e400", "config", rules.RuleNumbers, func(v *cache.Version) { v.Config = raw(`{"x":1e400}`) }),
 		ver("metadata number 12345678901234567891", "metadata", rules.RuleNumbers, func(v *cache.Version) { v.Metadata = raw(`{"x":12345678901234567891}`) }),
 		ver("routing rule a number", "routing_rules", rules.RuleRoutingRules, func(v *cache.Version) { v.RoutingRules = raw(`{"tenant_id":5}`) }),
+		ver("routing rule $percent without $percent_key", "routing_rules", rules.RuleRollout, func(v *cache.Version) { v.RoutingRules = raw(`{"$percent":"25"}`) }),
+		ver("routing rule $percent_key without $percent", "routing_rules", rules.RuleRollout, func(v *cache.Version) { v.RoutingRules = raw(`{"$percent_key":"tenant_id"}`) }),
+		ver("routing rule $percent 101", "routing_rules", rules.RuleRollout, func(v *cache.Version) { v.RoutingRules = raw(`{"$percent":"101","$percent_key":"k"}`) }),
+		ver("routing rule $percent 100.5", "routing_rules", rules.RuleRollout, func(v *cache.Version) { v.RoutingRules = raw(`{"$percent":"100.5","$percent_key":"k"}`) }),
+		ver("routing rule $percent with 3 decimals", "routing_rules", rules.RuleRollout, func(v *cache.Version) { v.RoutingRules = raw(`{"$percent":"2.555","$percent_key":"k"}`) }),
+		ver("routing rule $percent 1e1", "routing_rules", rules.RuleRollout, func(v *cache.Version) { v.RoutingRules = raw(`{"$percent":"1e1","$percent_key":"k"}`) }),
+		ver("routing rule $percent negative", "routing_rules", rules.RuleRollout, func(v *cache.Version) { v.RoutingRules = raw(`{"$percent":"-1","$percent_key":"k"}`) }),
+		ver("routing rule $percent an array", "routing_rules", rules.RuleRollout, func(v *cache.Version) { v.RoutingRules = raw(`{"$percent":["5"],"$percent_key":"k"}`) }),
+		ver("routing rule $percent_key empty", "routing_rules", rules.RuleRollout, func(v *cache.Version) { v.RoutingRules = raw(`{"$percent":"5","$percent_key":""}`) }),
+		ver("routing rule $percent_key reserved", "routing_rules", rules.RuleRollout, func(v *cache.Version) { v.RoutingRules = raw(`{"$percent":"5","$percent_key":"$x"}`) }),
+		ver("routing rule $percent_key an array", "routing_rules", rules.RuleRollout, func(v *cache.Version) { v.RoutingRules = raw(`{"$percent":"5","$percent_key":["k"]}`) }),
+		ver("routing rule unknown reserved key", "routing_rules", rules.RuleRollout, func(v *cache.Version) { v.RoutingRules = raw(`{"$tenant":"t1"}`) }),
 
 		inst("id empty", "instance_id", rules.RuleNotEmpty, func(i *cache.Instance) { i.InstanceID = "" }),
 		inst("id with U+00A0", "instance_id", rules.RuleNoSpaceControl, func(i *cache.Instance) { i.InstanceID = "i\u00a01" }),

@@ -14,7 +14,8 @@ type Rule struct {
 	// (valid UTF-8: the database encoding; U+0000: jsonb and text cannot hold it).
 	SQL string
 	// Migration is the migration that created the constraint: 1 for the ones of
-	// 00001_registry.sql kept as they are, 5 for the ones 00005_rules.sql adds.
+	// 00001_registry.sql kept as they are, 5 for the ones 00005_rules.sql adds, 10 for the
+	// ones 00010_rollout_rules.sql adds (RolloutMigration).
 	Migration int
 }
 
@@ -145,7 +146,10 @@ var Columns = []Column{
 	document("extension_versions", "metadata"),
 	{"extension_versions", "routing_rules", []Rule{{Name: RuleRoutingRules,
 		Description: "a JSON object whose values are strings or arrays of strings",
-		SQL:         "registry_routing_rules_valid(routing_rules)", Migration: 1}}},
+		SQL:         "registry_routing_rules_valid(routing_rules)", Migration: 1},
+		{Name: RuleRollout,
+			Description: "reserved keys (starting with '$'): only " + PercentKey + " (a decimal string \"0\" to \"100\", at most 2 decimals) and " + PercentAttrKey + " (a request attribute name), both or neither",
+			SQL:         "registry_routing_rules_rollout_ok(routing_rules)", Migration: RolloutMigration}}},
 
 	{"extension_instances", "instance_id", []Rule{
 		maxBytes("instance_id", MaxInstanceIDBytes),

@@ -70,15 +70,14 @@ func AggregateSchema() []byte {
 		"type":     "object",
 		"required": []string{"version", "subject", "timeout_ms", "retry", "enabled", "config", "metadata", "routing_rules"},
 		"properties": obj{
-			"version":    versionString(),
-			"subject":    str(MaxSubjectBytes, RuleSubjectVN, RuleNoSpaceControl),
-			"timeout_ms": intRange(MinTimeoutMS, MaxTimeoutMS),
-			"retry":      intRange(MinRetry, MaxRetry),
-			"enabled":    obj{"type": "boolean"},
-			"config":     ref("document"),
-			"metadata":   ref("document"),
-			"routing_rules": obj{"type": "object",
-				"additionalProperties": obj{"anyOf": []any{obj{"type": "string"}, obj{"type": "array", "items": obj{"type": "string"}}}}},
+			"version":       versionString(),
+			"subject":       str(MaxSubjectBytes, RuleSubjectVN, RuleNoSpaceControl),
+			"timeout_ms":    intRange(MinTimeoutMS, MaxTimeoutMS),
+			"retry":         intRange(MinRetry, MaxRetry),
+			"enabled":       obj{"type": "boolean"},
+			"config":        ref("document"),
+			"metadata":      ref("document"),
+			"routing_rules": routingRulesSchema(),
 		},
 	}
 	instanceID := str(MaxInstanceIDBytes, RuleNoSpaceControl)
@@ -176,4 +175,17 @@ func render(v obj) []byte {
 		panic(err) // only maps, strings, numbers and slices of them
 	}
 	return buf.Bytes()
+}
+
+// routingRulesSchema is a version's routing_rules: values strings or arrays of strings,
+// and the reserved keys of the rollout rule (rollout.go).
+func routingRulesSchema() obj {
+	return obj{"type": "object",
+		"properties": obj{
+			PercentKey:     obj{"type": "string", "pattern": sqlPercent},
+			PercentAttrKey: obj{"type": "string", "pattern": "^[^$]"},
+		},
+		"propertyNames":        obj{"anyOf": []any{obj{"not": obj{"pattern": "^[$]"}}, obj{"enum": []string{PercentKey, PercentAttrKey}}}},
+		"dependentRequired":    obj{PercentKey: []string{PercentAttrKey}, PercentAttrKey: []string{PercentKey}},
+		"additionalProperties": obj{"anyOf": []any{obj{"type": "string"}, obj{"type": "array", "items": obj{"type": "string"}}}}}
 }

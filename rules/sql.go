@@ -216,5 +216,6 @@ func Generated() []File {
 		{MigrationFile, []byte(Migration())},
 		{AggregateSchemaFile, AggregateSchema()},
 		{FixtureSchemaFile, FixtureSchema()},
+		{RolloutMigrationFile, []byte(RolloutMigrationSQL())},
 	}
 }

@@ -181,7 +181,14 @@ func planJSON(p *client.Plan, rev int64) planOut {
 func printPlan(w io.Writer, p *client.Plan, rev int64) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "extension\t%s (%s), registry revision %d\n", p.Extension, p.Type, rev)
-	fmt.Fprintf(tw, "version\t%s (subject %s)\n", p.Version, p.VersionSubject)
+	via := p.Match
+	if p.Match == "percent" {
+		via = fmt.Sprintf("$percent, bucket %d of 10000", p.Bucket)
+	}
+	if via != "" {
+		via = "; selected by " + via
+	}
+	fmt.Fprintf(tw, "version\t%s (subject %s)%s\n", p.Version, p.VersionSubject, via)
 	fmt.Fprintf(tw, "subject\t%s\n", p.Subject)
 	target := p.Target
 	switch {

@@ -71,20 +71,29 @@ func (s *Schema) Validate(doc []byte) ([]Failure, error) {
 		return nil, err
 	}
 	var out []Failure
-	var walk func(e *jsonschema.ValidationError)
-	walk = func(e *jsonschema.ValidationError) {
+	var walk func(e *jsonschema.ValidationError, parent []string)
+	walk = func(e *jsonschema.ValidationError, parent []string) {
+		loc := e.InstanceLocation
+		_, frag, _ := strings.Cut(e.SchemaURL, "#")
+		if pre, ok := strings.CutSuffix(frag, "/propertyNames"); ok {
+			// jsonschema/v6 reports a propertyNames failure at a garbled location (a
+			// reused slice): it is the property the keyword sits in, below the parent.
+			loc = append(slices.Clone(parent), pre[strings.LastIndexByte(pre, '/')+1:])
+		} else if len(loc) == 0 {
+			loc = parent // the causes of propertyNames validate a key, located nowhere
+		}
 		if len(e.Causes) > 0 {
 			for _, c := range e.Causes {
-				walk(c)
+				walk(c, loc)
 			}
 			return
 		}
 		kw := strings.Join(e.ErrorKind.KeywordPath(), "/")
-		field := strings.Join(e.InstanceLocation, "/")
+		field := strings.Join(loc, "/")
 		out = append(out, Failure{Field: field, Keyword: kw, Rule: ruleOf(e, field, kw),
 			Msg: e.ErrorKind.LocalizedString(message.NewPrinter(message.MatchLanguage("en")))})
 	}
-	walk(ve)
+	walk(ve, nil)
 	return out, nil
 }
 
@@ -110,6 +119,11 @@ func ruleOf(e *jsonschema.ValidationError, field, kw string) string {
 		return rules.RuleNumbers
 	case *nulError:
 		return rules.RuleNoNUL
+	}
+	if strings.Contains(field, "routing_rules") {
+		if strings.Contains(frag, "/propertyNames") || strings.HasPrefix(kw, "dependentRequired") || strings.HasPrefix(last, "$") {
+			return rules.RuleRollout
+		}
 	}
 	switch kw {
 	case "maxLength":
