@@ -263,6 +263,7 @@ func Describe(before, after *cache.Extension) []string {
 	field("timeout_ms", before.TimeoutMS, after.TimeoutMS)
 	field("retry", before.Retry, after.Retry)
 	field("enabled", before.Enabled, after.Enabled)
+	field("auto_disabled", before.AutoDisabled, after.AutoDisabled)
 	field("version", before.Version, after.Version)
 	field("config", before.Config, after.Config)
 	field("metadata", before.Metadata, after.Metadata)

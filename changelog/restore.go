@@ -90,6 +90,14 @@ func Restore(ctx context.Context, tx pgx.Tx, id string, target *cache.Extension)
 	if err != nil {
 		return fmt.Errorf("restore extension %q: %w", id, err)
 	}
+	// auto_disabled is the syncer's (migration 00008): an operator's write can end it (an
+	// explicit enable, which also turns the extension's automatic management off) but
+	// never set it.
+	if !target.AutoDisabled {
+		if _, err := tx.Exec(ctx, `UPDATE extensions SET auto_disabled = false WHERE id = $1 AND auto_disabled`, id); err != nil {
+			return fmt.Errorf("restore extension %q: clear auto_disabled: %w", id, err)
+		}
+	}
 	keepV := make([]string, 0, len(target.Versions))
 	for _, v := range target.Versions {
 		keepV = append(keepV, v.Version)

@@ -310,7 +310,10 @@ func SetFields(fields []string) Op {
 
 // SetEnabled enables or disables the extension's default (PROTOCOL.md §3.1).
 func SetEnabled(on bool) Op {
-	return exists(func(e *cache.Extension) error { e.Enabled = on; return nil })
+	// The operator's enable or disable also ends an automatic disable (migration 00008):
+	// enabling an auto-disabled extension is the operator's explicit enable, which turns
+	// its automatic management off so that the syncer never undoes it.
+	return exists(func(e *cache.Extension) error { e.Enabled, e.AutoDisabled = on, false; return nil })
 }
 
 // SetKill sets metadata.kill_switch (true) or removes it (false).

@@ -12,9 +12,11 @@ import (
 	"github.com/DataDog/sketches-go/ddsketch"
 	"github.com/DataDog/sketches-go/ddsketch/mapping"
 	"github.com/DataDog/sketches-go/ddsketch/store"
+	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/beamline/registry-syncer/cache"
+	"github.com/beamline/registry-syncer/extops"
 	"github.com/beamline/registry-syncer/protocol"
 	"github.com/beamline/registry-syncer/test/harness"
 )
@@ -436,5 +438,35 @@ func TestInstanceHealth(t *testing.T) {
 	}
 	if len(got) != 1 || got[0].InstanceID != "i1" || got[0].To != cache.HealthUnknown {
 		t.Fatalf("an unhealthy instance without calls: %v, want back to unknown after the cooldown", got)
+	}
+}
+
+// TestOperatorEnableCLI: `syncer ext enable` (extops.SetEnabled) on an auto-disabled
+// extension is the operator's explicit enable: it clears auto_disabled in an audited
+// revision and turns the extension's automatic management off.
+func TestOperatorEnableCLI(t *testing.T) {
+	t.Parallel()
+	s := setupDB(t)
+	ctx := context.Background()
+	if ok, err := Apply(ctx, s.Pool, Decision{Kind: AutoDisable, ExtensionID: "geo", Reason: "test"}, "syncer", true); err != nil || !ok {
+		t.Fatalf("auto-disable: %v %v", ok, err)
+	}
+	conn, err := pgx.Connect(ctx, s.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	res, err := extops.Do(ctx, conn, "geo", "alice", false, extops.SetEnabled(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var auto bool
+	var manage, by string
+	if err := s.Pool.QueryRow(ctx, `SELECT e.auto_disabled, h.auto_manage, (SELECT changed_by FROM extension_audit_log ORDER BY seq DESC LIMIT 1)
+		FROM extensions e JOIN extension_health h ON h.extension_id = e.id WHERE e.id = 'geo'`).Scan(&auto, &manage, &by); err != nil {
+		t.Fatal(err)
+	}
+	if auto || manage != ManageOff || by != "alice" || res.Revision == 0 {
+		t.Errorf("after ext enable: auto_disabled %v, auto_manage %q, changed_by %q, revision %d", auto, manage, by, res.Revision)
 	}
 }
