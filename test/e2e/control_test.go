@@ -424,3 +424,153 @@ func (b *testBundle) connect(t *testing.T) *nats.Conn {
 	t.Cleanup(nc.Close)
 	return nc
 }
+
+// serve starts a service on subject.
+func (b *testBundle) serve(t *testing.T, subject string) *service {
+	t.Helper()
+	svc := &service{}
+	nc := b.connect(t)
+	if _, err := nc.Subscribe(subject, func(m *nats.Msg) {
+		svc.mu.Lock()
+		svc.arrivals = append(svc.arrivals, time.Now())
+		svc.mu.Unlock()
+		if svc.fail.Load() {
+			_ = m.Respond([]byte(`"boom"`))
+		} else {
+			_ = m.Respond([]byte(`{}`))
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return svc
+}
+
+// TestInstanceHealthRouting: with AUTO_INSTANCE_HEALTH on, an instance whose calls fail
+// at every router is marked unhealthy by the syncer (audited), every router stops sending
+// it traffic, and once it works again it goes back to unknown and then healthy.
+func TestInstanceHealthRouting(t *testing.T) {
+	t.Parallel()
+	b := setup(t, "e2e.instances")
+	b.commit(t,
+		`INSERT INTO extensions (id, type, subject, timeout_ms, metadata) VALUES ('multi', 'pre', 'beamline.ext.pre.multi.v1', 500,
+			'{"circuit_breaker": {"failure_threshold": 3, "min_requests": 100000, "open_timeout_ms": 300}}')`,
+		`INSERT INTO extension_instances (extension_id, instance_id, subject, weight, health_status) VALUES
+			('multi', 'i1', 'beamline.ext.pre.multi.v1.i1', 50, 'healthy'), ('multi', 'i2', 'beamline.ext.pre.multi.v1.i2', 50, 'healthy')`)
+	s := b.startSyncer(t, "AUTO_INSTANCE_HEALTH", "true", "HEALTH_INTERVAL", "200ms", "AUTO_HOLD", "2", "AUTO_COOLDOWN", "1s",
+		"AUTO_MIN_CALLS", "10")
+	s.waitReady(t, 30*time.Second)
+	i1, i2 := b.serve(t, "beamline.ext.pre.multi.v1.i1"), b.serve(t, "beamline.ext.pre.multi.v1.i2")
+	ctx := context.Background()
+	var clients []*client.Client
+	for i := range 3 {
+		c, err := client.New(b.connect(t), client.Config{Prefix: b.prefix, RouterID: fmt.Sprintf("inst-%d", i), ReportInterval: 200 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c.Stop)
+		clients = append(clients, c)
+	}
+	health := func(c *client.Client, id string) string {
+		e, ok := c.Lookup("multi")
+		if !ok {
+			return ""
+		}
+		for _, in := range e.Instances {
+			if in.InstanceID == id {
+				return in.HealthStatus
+			}
+		}
+		return ""
+	}
+	for _, c := range clients {
+		eventually(t, 20*time.Second, "bootstrapped", func() error {
+			if health(c, "i2") == "" {
+				return fmt.Errorf("multi not served")
+			}
+			return nil
+		})
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(2 * time.Millisecond):
+				}
+				_, _ = c.Invoke(ctx, "multi", client.Request{}, nil)
+			}
+		}()
+	}
+	defer func() { close(stop); wg.Wait() }()
+
+	i2.fail.Store(true)
+	var by string
+	eventually(t, 30*time.Second, "the syncer marks i2 unhealthy", func() error {
+		return b.schema.Pool.QueryRow(ctx, `SELECT changed_by FROM extension_audit_log WHERE extension_id = 'multi'
+			AND entity = 'instance' AND entity_key = 'i2' AND new_values->>'health_status' = 'unhealthy' ORDER BY seq LIMIT 1`).Scan(&by)
+	})
+	if !strings.HasPrefix(by, "syncer ") || !strings.Contains(by, "instance_health") {
+		t.Errorf("i2 marked unhealthy by %q", by)
+	}
+	var applied time.Time
+	eventually(t, 10*time.Second, "every router sees i2 unhealthy", func() error {
+		for _, c := range clients {
+			if h := health(c, "i2"); h != cache.HealthUnhealthy {
+				return fmt.Errorf("i2 is %q", h)
+			}
+		}
+		applied = time.Now()
+		return nil
+	})
+	// No traffic to i2 while it is unhealthy (until the syncer sets it back to unknown after
+	// the 1 s cooldown); i1 takes it all.
+	eventually(t, 5*time.Second, "half a second of routing", func() error {
+		if time.Since(applied) < 500*time.Millisecond {
+			return fmt.Errorf("%s", time.Since(applied))
+		}
+		return nil
+	})
+	if n, m := i2.between(applied, applied.Add(500*time.Millisecond)), i1.between(applied, applied.Add(500*time.Millisecond)); n != 0 || m == 0 {
+		t.Errorf("with i2 unhealthy at every router: %d calls reached i2, %d i1", n, m)
+	}
+	i2.fail.Store(false)
+	eventually(t, 30*time.Second, "i2 healthy again", func() error {
+		var st string
+		if err := b.schema.Pool.QueryRow(ctx, `SELECT health_status FROM extension_instances WHERE extension_id = 'multi' AND instance_id = 'i2'`).Scan(&st); err != nil {
+			return err
+		}
+		if st != cache.HealthHealthy {
+			return fmt.Errorf("i2 is %s", st)
+		}
+		return nil
+	})
+	var trail []string
+	rows, err := b.schema.Pool.Query(ctx, `SELECT new_values->>'health_status' FROM extension_audit_log
+		WHERE extension_id = 'multi' AND entity = 'instance' AND entity_key = 'i2' AND changed_by LIKE 'syncer %' ORDER BY seq`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var st string
+		if err := rows.Scan(&st); err != nil {
+			t.Fatal(err)
+		}
+		trail = append(trail, st)
+	}
+	rows.Close()
+	t.Logf("i2's health_status set by the syncer: %v", trail)
+	if len(trail) < 2 || trail[0] != cache.HealthUnhealthy || trail[len(trail)-1] != cache.HealthHealthy {
+		t.Errorf("i2's trail %v, want unhealthy first and healthy last", trail)
+	}
+}
