@@ -166,6 +166,9 @@ func TestSmoke(t *testing.T) {
 			t.Errorf("fanout: %d incomplete changes, checksums equal %v", f.Incomplete, f.ChecksumsEqual)
 		}
 	}
+	if c := back.Control; c == nil || c.MSPerInterval <= 0 || c.ReportBytes <= 0 {
+		t.Errorf("control: %+v, want the cost of an interval", c)
+	}
 	if l := back.Lookups; l == nil || len(l.Benches) != 4 {
 		t.Errorf("lookups: %+v, want Lookup and ByType with 1 and 2 goroutines", l)
 	} else {

@@ -2,13 +2,14 @@
 // bench`; see BENCHMARKS.md): change propagation from a COMMIT to a router client against
 // a raw relay built here on the same machine in the same run (the floor), commit
 // throughput with the registry triggers against a bare table, a 30-second write burst,
-// 100,000 extensions, 1,000 clients on one change, and the client's lookups.
+// 100,000 extensions, 1,000 clients on one change, the client's lookups, and the control loop's
+// cost for 1,000 reporting routers.
 //
 // Everything runs against a private PostgreSQL cluster (fsync on) and an in-process NATS
 // server with JetStream, both started here and stopped at exit (also on error or Ctrl-C),
 // and the real `syncer run` binary.
 //
-//	go run ./test/bench [-short] [-out DIR] [-only floor,product,burst,scale,fanout,lookups]
+//	go run ./test/bench [-short] [-out DIR] [-only floor,product,burst,scale,fanout,lookups,control]
 package main
 
 import (
@@ -31,7 +32,7 @@ import (
 )
 
 // sectionNames in the order they run.
-var sectionNames = []string{"floor", "product", "burst", "scale", "fanout", "lookups"}
+var sectionNames = []string{"floor", "product", "burst", "scale", "fanout", "lookups", "control"}
 
 type options struct {
 	short       bool
@@ -241,6 +242,7 @@ var sections = []section{
 	{"scale", runScale},
 	{"fanout", runFanout},
 	{"lookups", runLookups},
+	{"control", runControl},
 }
 
 // run runs the selected sections, writes the result file and prints the summary. The

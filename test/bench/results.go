@@ -32,6 +32,7 @@ type Results struct {
 	Scale          *ScaleResult   `json:"scale,omitempty"`
 	Fanout         *FanoutResult  `json:"fanout,omitempty"`
 	Lookups        *LookupResult  `json:"lookups,omitempty"`
+	Control        *ControlResult `json:"control,omitempty"`
 	Targets        []Target       `json:"targets"`
 	SectionSeconds []SectionTime  `json:"section_seconds"`
 	Errors         []string       `json:"errors,omitempty"`
@@ -216,6 +217,10 @@ func judge(r *Results) []Target {
 		add("JetStream consumer count with the clients", "unchanged",
 			fmt.Sprintf("%d before, %d with clients, %d after", f.ConsumersBefore, f.ConsumersStart, f.ConsumersAfter),
 			f.ConsumersBefore == f.ConsumersStart && f.ConsumersStart == f.ConsumersAfter)
+	}
+	if c := r.Control; c != nil {
+		add(fmt.Sprintf("control loop, %d reporting routers", c.Routers), "≤ 10 % of a core", fmt.Sprintf("%.1f %% (%.1f ms per %.0f s interval)", c.CPUShare, c.MSPerInterval, c.IntervalS),
+			c.CPUShare > 0 && c.CPUShare <= 10)
 	}
 	if l := r.Lookups; l != nil {
 		for _, b := range l.Benches {
@@ -409,6 +414,14 @@ func printSummary(w io.Writer, r *Results) {
 		for _, b := range l.Benches {
 			row(b.Name, fmt.Sprint(b.Goroutines), fmt.Sprintf("%.1f", b.NsPerCall), fmt.Sprintf("%.1f", b.NsPerOp), fmt.Sprint(b.AllocsPerOp), fmt.Sprint(b.BytesPerOp))
 		}
+		flush()
+	}
+	if c := r.Control; c != nil {
+		fmt.Fprintf(w, "### Control loop (%d routers reporting %d extensions each)\n\n", c.Routers, c.Extensions)
+		row("report size", fmt.Sprintf("per interval (%.0f s)", c.IntervalS), "per report", "share of one core", "allocated per interval")
+		sep(5)
+		row(fmt.Sprintf("%d B", c.ReportBytes), fmt.Sprintf("%.1f ms", c.MSPerInterval), fmt.Sprintf("%.1f µs", c.USPerReport),
+			fmt.Sprintf("%.1f %%", c.CPUShare), fmt.Sprintf("%.1f MB", c.AllocMBPerInterv))
 		flush()
 	}
 	if len(r.Targets) > 0 {
