@@ -470,3 +470,54 @@ func TestOperatorEnableCLI(t *testing.T) {
 		t.Errorf("after ext enable: auto_disabled %v, auto_manage %q, changed_by %q, revision %d", auto, manage, by, res.Revision)
 	}
 }
+
+// TestThresholdsReachRouters: an operator's threshold change in extension_health becomes
+// the extension's metadata.circuit_breaker in an audited revision (what routers read);
+// the syncer's statistics writes never create one; an out-of-range threshold is refused.
+func TestThresholdsReachRouters(t *testing.T) {
+	t.Parallel()
+	s := setupDB(t)
+	ctx := context.Background()
+	if _, err := s.Pool.Exec(ctx, `UPDATE extensions SET metadata = '{"circuit_breaker": {"open_timeout_ms": 1000}, "owner": "geo-team"}' WHERE id = 'geo'`); err != nil {
+		t.Fatal(err)
+	}
+	rev0, _ := revision(t, s)
+	now := time.Now()
+	if err := Write(ctx, s.Pool, []Row{{ExtensionID: "geo", SuccessCount: 3, State: "closed", LastSuccess: &now}}); err != nil {
+		t.Fatal(err)
+	}
+	if rev, _ := revision(t, s); rev != rev0 {
+		t.Fatalf("a statistics write created revision %d", rev)
+	}
+	if _, err := s.Pool.Exec(ctx, `UPDATE extension_health SET failure_threshold = 2, window_seconds = 30 WHERE extension_id = 'geo'`); err != nil {
+		t.Fatal(err)
+	}
+	var md string
+	if err := s.Pool.QueryRow(ctx, `SELECT metadata::text FROM extensions WHERE id = 'geo'`).Scan(&md); err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		CB    map[string]float64 `json:"circuit_breaker"`
+		Owner string             `json:"owner"`
+	}
+	if err := json.Unmarshal([]byte(md), &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.CB["failure_threshold"] != 2 || got.CB["window_seconds"] != 30 || got.CB["error_rate_threshold"] != 0.5 ||
+		got.CB["half_open_max_requests"] != 3 || got.CB["open_timeout_ms"] != 1000 || got.Owner != "geo-team" {
+		t.Errorf("metadata after the threshold change: %s", md)
+	}
+	if rev, _ := revision(t, s); rev != rev0+1 {
+		t.Errorf("the threshold change made revision %d, want %d", rev, rev0+1)
+	}
+	if err := Write(ctx, s.Pool, []Row{{ExtensionID: "geo", SuccessCount: 9, State: "closed"}}); err != nil {
+		t.Fatal(err)
+	}
+	if rev, _ := revision(t, s); rev != rev0+1 {
+		t.Errorf("a statistics write after the threshold change created revision %d", rev)
+	}
+	if _, err := s.Pool.Exec(ctx, `UPDATE extension_health SET error_rate_threshold = 1.5 WHERE extension_id = 'geo'`); err == nil ||
+		!strings.Contains(err.Error(), "extension_health_error_rate_threshold_above_0_at_most_1") {
+		t.Errorf("error_rate_threshold 1.5: %v", err)
+	}
+}
