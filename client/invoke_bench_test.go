@@ -83,3 +83,39 @@ func BenchmarkInvoke(b *testing.B) {
 }
 
 func instBench(id string, weight int) cache.Instance { return inst(id, weight, cache.HealthHealthy) }
+
+// BenchmarkReportCalls: what the statistics cost a router per report: 5 extensions with 2
+// instances each, 200 calls per extension recorded, then ReportCalls (take, merge the
+// targets' sketches, encode). The JSON size of the calls is reported as B/report.
+func BenchmarkReportCalls(b *testing.B) {
+	var exts []*cache.Extension
+	for _, id := range []string{"e1", "e2", "e3", "e4", "e5"} {
+		exts = append(exts, ext(id, cache.TypePre, instBench("a", 50), instBench("b", 50)))
+	}
+	bb := setupInvoke(b, exts...)
+	inv := bb.c.invokerOf()
+	record := func() {
+		for _, e := range exts {
+			for i := range 200 {
+				target := "a"
+				if i%2 == 1 {
+					target = "b"
+				}
+				inv.rec.record(e.ID, target, OutcomeSuccess, time.Duration(100+i)*time.Microsecond, 0)
+			}
+		}
+	}
+	size := 0
+	b.ReportAllocs()
+	for b.Loop() {
+		b.StopTimer()
+		record()
+		b.StartTimer()
+		calls := bb.c.ReportCalls()
+		size = 0
+		for _, raw := range calls {
+			size += len(raw)
+		}
+	}
+	b.ReportMetric(float64(size), "B/report")
+}
