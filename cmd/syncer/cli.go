@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	"github.com/kelseyhightower/envconfig"
@@ -56,7 +57,7 @@ func init() {
 		{"diff", "REV_A REV_B [--json]", "the content difference between two revisions, from the change log", cmdDiff},
 		{"rollback", "ID --to-revision R [--dry-run] [--by NAME]", "restore one extension's aggregate as it was at revision R, as a new audited revision", cmdRollback},
 		{"version", "[--json]", "print the version, VCS commit and Go version of this binary", cmdVersion},
-		{"help", "", "show this help and the environment variables", cmdHelp},
+		{"help", "[CMD [SUB]]", "show this help and the environment variables; help CMD is CMD -h (its flags and their defaults)", cmdHelp},
 	}
 }
 
@@ -79,6 +80,11 @@ func run(ctx context.Context, args []string, lookup func(string) (string, bool),
 	if name == "-h" || name == "-help" || name == "--help" {
 		name = "help"
 	}
+	if name == "help" && len(args) > 1 && !strings.HasPrefix(args[1], "-") {
+		// syncer help CMD [SUB]: the same as syncer CMD [SUB] -h.
+		args = slices.Concat(args[1:], []string{"-h"})
+		name = args[0]
+	}
 	var cmd *command
 	for i := range commands {
 		if commands[i].name == name {
@@ -97,6 +103,10 @@ func run(ctx context.Context, args []string, lookup func(string) (string, bool),
 		return exitOK
 	case errors.Is(err, flag.ErrHelp):
 		commandUsage(stdout, cmd)
+		var h *helpRequest
+		if errors.As(err, &h) {
+			printFlags(stdout, h.fs)
+		}
 		return exitOK
 	case errors.As(err, &ue):
 		fmt.Fprintf(stderr, "syncer %s: %s\n", cmd.name, ue.msg)
@@ -121,12 +131,34 @@ func newFlags(name string) *flag.FlagSet {
 	return fs
 }
 
+// helpRequest is -h on a command: errors.Is(err, flag.ErrHelp) holds, and run prints the
+// flag set's flags with their defaults after the command's usage.
+type helpRequest struct{ fs *flag.FlagSet }
+
+func (h *helpRequest) Error() string        { return flag.ErrHelp.Error() }
+func (h *helpRequest) Is(target error) bool { return target == flag.ErrHelp }
+
+// printFlags lists fs's flags with their defaults (flag's own format).
+func printFlags(w io.Writer, fs *flag.FlagSet) {
+	n := 0
+	fs.VisitAll(func(*flag.Flag) { n++ })
+	if n == 0 {
+		fmt.Fprintf(w, "\n(syncer %s takes no flags; syncer help lists the environment variables)\n", fs.Name())
+		return
+	}
+	fmt.Fprintf(w, "\nFlags of syncer %s:\n", fs.Name())
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fs.SetOutput(io.Discard)
+}
+
 // parseInto parses args into fs and returns the arguments after the flags, between
-// minArgs and maxArgs of them; -h gives flag.ErrHelp, any other mistake a usage error.
+// minArgs and maxArgs of them; -h gives a helpRequest (flag.ErrHelp), any other mistake a
+// usage error.
 func parseInto(fs *flag.FlagSet, args []string, minArgs, maxArgs int) ([]string, error) {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return nil, err
+			return nil, &helpRequest{fs}
 		}
 		return nil, usagef("%v", err)
 	}

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -22,20 +20,13 @@ import (
 // DIR, reused on the next start), migrations, the default fixtures (into an empty
 // registry only), and the syncer itself. Ctrl-C stops everything.
 func cmdDev(ctx context.Context, e *env, args []string) error {
-	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
+	fs := newFlags("dev")
 	dir := fs.String("dir", ".dev", "directory for the PostgreSQL cluster and the NATS store")
 	pgPort := fs.Int("pg-port", 15432, "PostgreSQL port (a free one is picked if it is taken)")
 	natsPort := fs.Int("nats-port", 14222, "NATS port (a free one is picked if it is taken)")
 	httpAddr := fs.String("http", "127.0.0.1:9090", "HTTP address of the syncer (/metrics, /readyz, POST /admin/sync)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usagef("%v", err)
-	}
-	if fs.NArg() > 0 {
-		return usagef("unexpected argument %q", fs.Arg(0))
+	if _, err := parseInto(fs, args, 0, 0); err != nil {
+		return err
 	}
 	abs, err := filepath.Abs(*dir)
 	if err != nil {

@@ -13,16 +13,20 @@ import (
 )
 
 func cmdMigrate(ctx context.Context, e *env, args []string) error {
-	rest, err := parseFlags("migrate", args, 0, 1)
+	status := len(args) > 0 && args[0] == "status"
+	name := "migrate"
+	if status {
+		name, args = "migrate status", args[1:]
+	}
+	rest, err := parseFlags(name, args, 0, 1)
 	if err != nil {
 		return err
 	}
-	status := false
 	if len(rest) == 1 {
-		if rest[0] != "status" {
-			return usagef("unknown argument %q (want: status)", rest[0])
+		if status {
+			return usagef("unexpected argument %q", rest[0])
 		}
-		status = true
+		return usagef("unknown argument %q (want: status)", rest[0])
 	}
 	cfg, err := e.config()
 	if err != nil {

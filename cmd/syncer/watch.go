@@ -3,10 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
-	"io"
 	"strings"
 	"sync"
 	"time"
@@ -28,20 +25,13 @@ type watchLine struct {
 // cmdWatch subscribes exactly like a router (through the client package) and prints
 // every applied revision.
 func cmdWatch(ctx context.Context, e *env, args []string) error {
-	fs := flag.NewFlagSet("watch", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
+	fs := newFlags("watch")
 	asJSON := fs.Bool("json", false, "one JSON object per applied revision")
 	dump := fs.Bool("dump", false, "print the current snapshot as JSON")
 	once := fs.Bool("once", false, "exit after the first snapshot (with --dump) or revision")
 	wait := fs.Duration("timeout", 10*time.Second, "how long to wait for a snapshot before failing")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usagef("%v", err)
-	}
-	if fs.NArg() > 0 {
-		return usagef("unexpected argument %q", fs.Arg(0))
+	if _, err := parseInto(fs, args, 0, 0); err != nil {
+		return err
 	}
 	if *wait <= 0 {
 		return usagef("-timeout must be positive")
