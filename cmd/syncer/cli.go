@@ -22,12 +22,22 @@ const (
 // env is what a command runs with: the environment and the output streams.
 type env struct {
 	lookup func(string) (string, bool)
-	stdout io.Writer
-	stderr io.Writer
+	// environ lists the whole environment ("KEY=value"), for the warning about unknown
+	// EXTENSION_REGISTRY_* variables (nil: no check).
+	environ func() []string
+	stdout  io.Writer
+	stderr  io.Writer
 }
 
-// config reads and validates the whole configuration.
-func (e *env) config() (*config, error) { return loadConfig(e.lookup) }
+// config reads and validates the whole configuration, and warns (in the log format
+// configured) about EXTENSION_REGISTRY_* variables that no knob reads.
+func (e *env) config() (*config, error) {
+	cfg, err := loadConfig(e.lookup)
+	if err == nil && e.environ != nil {
+		warnUnknownVariables(newLogger(e.stderr, cfg), e.environ())
+	}
+	return cfg, err
+}
 
 // command is one subcommand. Adding one (watch, dev) is one entry in commands.
 type command struct {
@@ -70,7 +80,12 @@ func usagef(format string, args ...any) error { return &usageError{fmt.Sprintf(f
 
 // run is the whole program: it returns the exit code.
 func run(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int {
-	e := &env{lookup: lookup, stdout: stdout, stderr: stderr}
+	return runEnv(ctx, args, &env{lookup: lookup, stdout: stdout, stderr: stderr})
+}
+
+// runEnv is run with the whole environment at hand (main: os.Environ).
+func runEnv(ctx context.Context, args []string, e *env) int {
+	stdout, stderr := e.stdout, e.stderr
 	if len(args) == 0 {
 		fmt.Fprintln(stderr, "syncer: no command given")
 		usage(stderr)
