@@ -129,6 +129,9 @@ func runEnv(ctx context.Context, args []string, e *env) int {
 		return exitUsage
 	default:
 		fmt.Fprintf(stderr, "syncer: %v\n", err)
+		if hint := nextStep(err); hint != "" {
+			fmt.Fprintf(stderr, "syncer: %s\n", hint)
+		}
 		return exitError
 	}
 }
