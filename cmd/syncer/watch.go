@@ -14,12 +14,15 @@ import (
 
 // watchLine is what `syncer watch --json` prints per applied revision.
 type watchLine struct {
-	Revision int64     `json:"revision"`
-	Checksum string    `json:"checksum"`
-	Count    int       `json:"count"`
-	Source   string    `json:"source"`
-	Changed  []string  `json:"changed"`
-	Applied  time.Time `json:"applied_at"`
+	// Bootstrap is true on the first line: the snapshot the watcher started from (its
+	// changed lists every extension), not a revision applied on top of one.
+	Bootstrap bool      `json:"bootstrap"`
+	Revision  int64     `json:"revision"`
+	Checksum  string    `json:"checksum"`
+	Count     int       `json:"count"`
+	Source    string    `json:"source"`
+	Changed   []string  `json:"changed"`
+	Applied   time.Time `json:"applied_at"`
 }
 
 // cmdWatch subscribes exactly like a router (through the client package) and prints
@@ -66,7 +69,7 @@ func cmdWatch(ctx context.Context, e *env, args []string) error {
 			return
 		}
 		if *asJSON {
-			line := watchLine{Revision: snap.Revision(), Checksum: snap.Checksum(), Count: snap.Len(),
+			line := watchLine{Bootstrap: old == nil, Revision: snap.Revision(), Checksum: snap.Checksum(), Count: snap.Len(),
 				Source: snap.Source(), Changed: changed, Applied: time.Now().UTC()}
 			if line.Changed == nil {
 				line.Changed = []string{}
