@@ -62,7 +62,7 @@ func init() {
 		{"keygen", "FILE", "write a new Ed25519 NKey signing seed to FILE (mode 0600; an existing file is never overwritten) and print its public key, for EXTENSION_REGISTRY_SIGNING_KEY and EXTENSION_REGISTRY_TRUSTED_KEYS", cmdKeygen},
 		{"resolve", "ID [--attr k=v]... [--sticky KEY] [--json] [--timeout D]", "print what a router would call for extension ID and these request attributes (version, subject, timeout, retry, instances with weights, health and shares, breaker), without calling it", cmdResolve},
 		{"invoke", "ID [--attr k=v]... [--payload JSON] [--metadata JSON] [--sticky KEY] [--count N --rate R] [--json] [--timeout D]", "call extension ID exactly as a router does (client.Invoke: selection, circuit breaker, timeout, retries) and print each result and a summary (outcomes, p50/p95/p99); exit 1 if a call failed", cmdInvoke},
-		{"dev", "[--dir DIR]", "everything on this machine: a private PostgreSQL, an embedded NATS with JetStream, migrations, the default fixtures and the syncer", cmdDev},
+		{"dev", "[--dir DIR] [--pg-port N] [--nats-port N] [--http ADDR]", "everything on this machine: a private PostgreSQL, an embedded NATS with JetStream, migrations, the default fixtures and the syncer; prints the export block that points every other command at it", cmdDev},
 		{"history", "[ID] [--since 24h|TIME] [--limit N] [--json]", "who changed what, when, under which revision (the change log)", cmdHistory},
 		{"diff", "REV_A REV_B [--json]", "the content difference between two revisions, from the change log", cmdDiff},
 		{"rollback", "ID --to-revision R [--dry-run] [--by NAME]", "restore one extension's aggregate as it was at revision R, as a new audited revision", cmdRollback},
