@@ -91,6 +91,8 @@ func daemon(ctx context.Context, cfg *config, log *slog.Logger) error {
 	}
 	var srv *admin.Server
 	if cfg.HTTPAddr != "" {
+		history, closeHistory := pageHistory(cfg)
+		defer closeHistory()
 		srv, err = admin.New(admin.Config{
 			Addr:      cfg.HTTPAddr,
 			Token:     cfg.AdminToken,
@@ -98,6 +100,7 @@ func daemon(ctx context.Context, cfg *config, log *slog.Logger) error {
 			Status:    s.Status,
 			ForceSync: s.ForceSync,
 			Routers:   s.Fleet,
+			History:   history,
 			Logger:    log,
 		})
 		if err == nil {
