@@ -83,12 +83,16 @@ func ClearStale(dataDir string) (Stale, error) {
 			st.Killed = append(st.Killed, pid)
 		}
 	}
-	deadline := time.Now().Add(10 * time.Second)
+	// Polling /proc: there is nothing to wait on for a process that is not our child.
+	deadline := time.After(10 * time.Second)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
 	for len(ProcessesIn(dataDir)) > 0 {
-		if time.Now().After(deadline) {
+		select {
+		case <-tick.C:
+		case <-deadline:
 			return st, fmt.Errorf("processes of the previous PostgreSQL in %s did not exit within 10s: %v", dataDir, ProcessesIn(dataDir))
 		}
-		time.Sleep(20 * time.Millisecond) // polling /proc: nothing to wait on for a process that is not our child
 	}
 	// The socket lock files carry the dead postmaster's pid too (the sockets live in the
 	// data directory); nothing runs there any more, so every one of them is stale.

@@ -110,21 +110,14 @@ func (d *devProc) exports() map[string]string {
 // waitReady waits for the export block and for /readyz to say ready.
 func (d *devProc) waitReady(t *testing.T, httpPort int) {
 	t.Helper()
-	deadline := time.Now().Add(90 * time.Second)
-	for {
+	eventually(t, 90*time.Second, "syncer dev's export block", func() bool {
 		select {
 		case err := <-d.exited:
 			t.Fatalf("syncer dev exited: %v\nstdout:\n%s", err, d.stdout.String())
 		default:
 		}
-		if len(d.exports()) > 0 && strings.Contains(d.stdout.String(), "Ctrl-C stops everything") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("syncer dev printed no export block within 90s:\n%s", d.stdout.String())
-		}
-		time.Sleep(20 * time.Millisecond) // polling the output of a child process
-	}
+		return len(d.exports()) > 0 && strings.Contains(d.stdout.String(), "Ctrl-C stops everything")
+	})
 	base := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
 	eventually(t, 60*time.Second, "dev's HTTP server up", func() bool {
 		resp, err := http.Get(base + "/healthz")
