@@ -11,7 +11,7 @@ help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: deps
-deps: ## Check (and where possible install) what the tests and `make run` need: Go, PostgreSQL >= 14 server binaries, the nats-server matrix, promtool
+deps: ## Check (and where possible install) what the tests and `make run` need: Go, PostgreSQL >= 14 server binaries, chromium (headless, for the status page test), the nats-server matrix, promtool
 	@bash scripts/deps.sh
 	@list=$$(bash scripts/nats-servers.sh) && echo "deps: nats-server binaries (REGISTRY_NATS_SERVERS): $$list"
 	@if p=$$(bash scripts/promtool.sh); then echo "deps: promtool for the deploy/ tests ($$p)"; else echo "deps: without promtool the deploy/ tests fail (see above)" >&2; fi

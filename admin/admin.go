@@ -1,4 +1,4 @@
-// Package admin owns the syncer's HTTP surface: Prometheus metrics, health and readiness probes, and the authenticated endpoint that forces a full sync.
+// Package admin owns the syncer's HTTP surface: Prometheus metrics, health and readiness probes, the authenticated endpoint that forces a full sync, the fleet view and the status page at GET /.
 package admin
 
 import (
@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/beamline/registry-syncer/changelog"
 	"github.com/beamline/registry-syncer/protocol"
 	"github.com/beamline/registry-syncer/syncer"
 )
@@ -47,6 +48,9 @@ type Config struct {
 	// ExtensionsHealth returns the fleet's extension health for GET
 	// /admin/extensions/health (nil: 404); an error answers 503.
 	ExtensionsHealth func(ctx context.Context) (any, error)
+	// History returns the newest limit entries of the change log, oldest first, for the
+	// status page at GET / (nil: the page lists no recent revisions).
+	History func(ctx context.Context, limit int) ([]changelog.Entry, error)
 	// Logger receives the server's logs (default: discarded).
 	Logger *slog.Logger
 	// SyncTimeout bounds one forced sync (default 2m).
@@ -126,6 +130,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.ExtensionsHealth != nil {
 		mux.HandleFunc("GET /admin/extensions/health", s.extensionsHealth)
 	}
+	mux.HandleFunc("GET /{$}", s.page)
 	s.handler = mux
 	return s, nil
 }

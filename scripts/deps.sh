@@ -38,3 +38,24 @@ if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
   fail "running as root: PostgreSQL refuses to run as root and the tests start it as the 'postgres' system user, which does not exist (create it: useradd --system postgres)"
 fi
 echo "deps: go $(go env GOVERSION), PostgreSQL $major ($bin)"
+
+# Debian's chromium: the status page (GET /) is tested in a real headless browser
+# (cmd/syncer TestStatusPageInBrowser), which fails naming `make deps` without it.
+find_chromium() {
+  local c
+  for c in chromium chromium-browser google-chrome; do
+    if command -v "$c" >/dev/null 2>&1; then command -v "$c"; return 0; fi
+  done
+  return 1
+}
+if ! chrome=$(find_chromium); then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "deps: chromium not found; installing it with apt-get (chromium chromium-driver)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+    chrome=$(find_chromium) || fail "apt-get installed chromium but it is still not on PATH"
+  else
+    fail "chromium not found: the status page test runs it headless; install it (Debian/Ubuntu: sudo apt-get install chromium chromium-driver; macOS: brew install --cask chromium)"
+  fi
+fi
+echo "deps: $("$chrome" --version 2>/dev/null | tail -n 1) ($chrome), for the status page test"

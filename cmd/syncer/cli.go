@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	"github.com/kelseyhightower/envconfig"
@@ -21,12 +22,22 @@ const (
 // env is what a command runs with: the environment and the output streams.
 type env struct {
 	lookup func(string) (string, bool)
-	stdout io.Writer
-	stderr io.Writer
+	// environ lists the whole environment ("KEY=value"), for the warning about unknown
+	// EXTENSION_REGISTRY_* variables (nil: no check).
+	environ func() []string
+	stdout  io.Writer
+	stderr  io.Writer
 }
 
-// config reads and validates the whole configuration.
-func (e *env) config() (*config, error) { return loadConfig(e.lookup) }
+// config reads and validates the whole configuration, and warns (in the log format
+// configured) about EXTENSION_REGISTRY_* variables that no knob reads.
+func (e *env) config() (*config, error) {
+	cfg, err := loadConfig(e.lookup)
+	if err == nil && e.environ != nil {
+		warnUnknownVariables(newLogger(e.stderr, cfg), e.environ())
+	}
+	return cfg, err
+}
 
 // command is one subcommand. Adding one (watch, dev) is one entry in commands.
 type command struct {
@@ -51,13 +62,13 @@ func init() {
 		{"keygen", "FILE", "write a new Ed25519 NKey signing seed to FILE (mode 0600; an existing file is never overwritten) and print its public key, for EXTENSION_REGISTRY_SIGNING_KEY and EXTENSION_REGISTRY_TRUSTED_KEYS", cmdKeygen},
 		{"resolve", "ID [--attr k=v]... [--sticky KEY] [--json] [--timeout D]", "print what a router would call for extension ID and these request attributes (version, subject, timeout, retry, instances with weights, health and shares, breaker), without calling it", cmdResolve},
 		{"invoke", "ID [--attr k=v]... [--payload JSON] [--metadata JSON] [--sticky KEY] [--count N --rate R] [--json] [--timeout D]", "call extension ID exactly as a router does (client.Invoke: selection, circuit breaker, timeout, retries) and print each result and a summary (outcomes, p50/p95/p99); exit 1 if a call failed", cmdInvoke},
-		{"dev", "[--dir DIR]", "everything on this machine: a private PostgreSQL, an embedded NATS with JetStream, migrations, the default fixtures and the syncer", cmdDev},
+		{"dev", "[--dir DIR] [--pg-port N] [--nats-port N] [--http ADDR]", "everything on this machine: a private PostgreSQL, an embedded NATS with JetStream, migrations, the default fixtures and the syncer; prints the export block that points every other command at it", cmdDev},
 		{"ext", extUsage, "the operator's audited writes of one extension (each one transaction with changed_by from --by or the OS user, validated first, --dry-run prints the difference) and reads (list, show with rollout state and health)", cmdExt},
 		{"history", "[ID] [--since 24h|TIME] [--limit N] [--json]", "who changed what, when, under which revision (the change log)", cmdHistory},
 		{"diff", "REV_A REV_B [--json]", "the content difference between two revisions, from the change log", cmdDiff},
 		{"rollback", "ID --to-revision R [--dry-run] [--by NAME]", "restore one extension's aggregate as it was at revision R, as a new audited revision", cmdRollback},
 		{"version", "[--json]", "print the version, VCS commit and Go version of this binary", cmdVersion},
-		{"help", "", "show this help and the environment variables", cmdHelp},
+		{"help", "[CMD [SUB]]", "show this help and the environment variables; help CMD is CMD -h (its flags and their defaults)", cmdHelp},
 	}
 }
 
@@ -70,7 +81,12 @@ func usagef(format string, args ...any) error { return &usageError{fmt.Sprintf(f
 
 // run is the whole program: it returns the exit code.
 func run(ctx context.Context, args []string, lookup func(string) (string, bool), stdout, stderr io.Writer) int {
-	e := &env{lookup: lookup, stdout: stdout, stderr: stderr}
+	return runEnv(ctx, args, &env{lookup: lookup, stdout: stdout, stderr: stderr})
+}
+
+// runEnv is run with the whole environment at hand (main: os.Environ).
+func runEnv(ctx context.Context, args []string, e *env) int {
+	stdout, stderr := e.stdout, e.stderr
 	if len(args) == 0 {
 		fmt.Fprintln(stderr, "syncer: no command given")
 		usage(stderr)
@@ -79,6 +95,11 @@ func run(ctx context.Context, args []string, lookup func(string) (string, bool),
 	name := args[0]
 	if name == "-h" || name == "-help" || name == "--help" {
 		name = "help"
+	}
+	if name == "help" && len(args) > 1 && !strings.HasPrefix(args[1], "-") {
+		// syncer help CMD [SUB]: the same as syncer CMD [SUB] -h.
+		args = slices.Concat(args[1:], []string{"-h"})
+		name = args[0]
 	}
 	var cmd *command
 	for i := range commands {
@@ -98,6 +119,10 @@ func run(ctx context.Context, args []string, lookup func(string) (string, bool),
 		return exitOK
 	case errors.Is(err, flag.ErrHelp):
 		commandUsage(stdout, cmd)
+		var h *helpRequest
+		if errors.As(err, &h) {
+			printFlags(stdout, h.fs)
+		}
 		return exitOK
 	case errors.As(err, &ue):
 		fmt.Fprintf(stderr, "syncer %s: %s\n", cmd.name, ue.msg)
@@ -105,6 +130,9 @@ func run(ctx context.Context, args []string, lookup func(string) (string, bool),
 		return exitUsage
 	default:
 		fmt.Fprintf(stderr, "syncer: %v\n", err)
+		if hint := nextStep(err); hint != "" {
+			fmt.Fprintf(stderr, "syncer: %s\n", hint)
+		}
 		return exitError
 	}
 }
@@ -122,12 +150,34 @@ func newFlags(name string) *flag.FlagSet {
 	return fs
 }
 
+// helpRequest is -h on a command: errors.Is(err, flag.ErrHelp) holds, and run prints the
+// flag set's flags with their defaults after the command's usage.
+type helpRequest struct{ fs *flag.FlagSet }
+
+func (h *helpRequest) Error() string        { return flag.ErrHelp.Error() }
+func (h *helpRequest) Is(target error) bool { return target == flag.ErrHelp }
+
+// printFlags lists fs's flags with their defaults (flag's own format).
+func printFlags(w io.Writer, fs *flag.FlagSet) {
+	n := 0
+	fs.VisitAll(func(*flag.Flag) { n++ })
+	if n == 0 {
+		fmt.Fprintf(w, "\n(syncer %s takes no flags; syncer help lists the environment variables)\n", fs.Name())
+		return
+	}
+	fmt.Fprintf(w, "\nFlags of syncer %s:\n", fs.Name())
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fs.SetOutput(io.Discard)
+}
+
 // parseInto parses args into fs and returns the arguments after the flags, between
-// minArgs and maxArgs of them; -h gives flag.ErrHelp, any other mistake a usage error.
+// minArgs and maxArgs of them; -h gives a helpRequest (flag.ErrHelp), any other mistake a
+// usage error.
 func parseInto(fs *flag.FlagSet, args []string, minArgs, maxArgs int) ([]string, error) {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return nil, err
+			return nil, &helpRequest{fs}
 		}
 		return nil, usagef("%v", err)
 	}

@@ -38,7 +38,7 @@ func TestCLIUsage(t *testing.T) {
 		{name: "UnknownGlobalFlag", args: []string{"--verbose"}, code: exitUsage, stderr: "Usage: syncer <command>"},
 		{name: "Help", args: []string{"help"}, code: exitOK, stdout: "EXTENSION_REGISTRY_DB_HOST (default localhost)"},
 		{name: "DashH", args: []string{"-h"}, code: exitOK, stdout: "Usage: syncer <command>"},
-		{name: "HelpArgument", args: []string{"help", "me"}, code: exitUsage, stderr: `unexpected argument "me"`},
+		{name: "HelpUnknownCommand", args: []string{"help", "me"}, code: exitUsage, stderr: `unknown command "me"`},
 		{name: "RunUnknownFlag", args: []string{"run", "--fast"}, code: exitUsage, stderr: "flag provided but not defined: -fast"},
 		{name: "RunArgument", args: []string{"run", "now"}, code: exitUsage, stderr: `unexpected argument "now"`},
 		{name: "RunHelp", args: []string{"run", "-h"}, code: exitOK, stdout: "Usage: syncer run"},

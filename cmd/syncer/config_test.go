@@ -366,3 +366,12 @@ func TestConfigErrorIsMultierror(t *testing.T) {
 		t.Fatalf("want a multierror of 2 problems, got %v", err)
 	}
 }
+
+// environ lists m as os.Environ would.
+func (m envMap) environ() []string {
+	out := make([]string, 0, len(m))
+	for k, v := range m {
+		out = append(out, k+"="+v)
+	}
+	return out
+}

@@ -91,6 +91,8 @@ func daemon(ctx context.Context, cfg *config, log *slog.Logger) error {
 	}
 	var srv *admin.Server
 	if cfg.HTTPAddr != "" {
+		history, closeHistory := pageHistory(cfg)
+		defer closeHistory()
 		srv, err = admin.New(admin.Config{
 			Addr:      cfg.HTTPAddr,
 			Token:     cfg.AdminToken,
@@ -101,7 +103,8 @@ func daemon(ctx context.Context, cfg *config, log *slog.Logger) error {
 			ExtensionsHealth: func(ctx context.Context) (any, error) {
 				return s.ExtensionsHealth(ctx)
 			},
-			Logger: log,
+			History: history,
+			Logger:  log,
 		})
 		if err == nil {
 			// Not cancelled by the signal: srv.Stop ends it after the drain.

@@ -2,19 +2,20 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/beamline/registry-syncer/devstack"
 	"github.com/beamline/registry-syncer/fixtures"
 	"github.com/beamline/registry-syncer/migrations"
-	"github.com/beamline/registry-syncer/test/harness"
 )
 
 // cmdDev brings the whole product up on this machine: a private PostgreSQL cluster from
@@ -22,20 +23,13 @@ import (
 // DIR, reused on the next start), migrations, the default fixtures (into an empty
 // registry only), and the syncer itself. Ctrl-C stops everything.
 func cmdDev(ctx context.Context, e *env, args []string) error {
-	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
+	fs := newFlags("dev")
 	dir := fs.String("dir", ".dev", "directory for the PostgreSQL cluster and the NATS store")
 	pgPort := fs.Int("pg-port", 15432, "PostgreSQL port (a free one is picked if it is taken)")
 	natsPort := fs.Int("nats-port", 14222, "NATS port (a free one is picked if it is taken)")
-	httpAddr := fs.String("http", "127.0.0.1:9090", "HTTP address of the syncer (/metrics, /readyz, POST /admin/sync)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usagef("%v", err)
-	}
-	if fs.NArg() > 0 {
-		return usagef("unexpected argument %q", fs.Arg(0))
+	httpAddr := fs.String("http", "127.0.0.1:9090", "HTTP address of the syncer (status page at /, /metrics, /readyz, POST /admin/sync)")
+	if _, err := parseInto(fs, args, 0, 0); err != nil {
+		return err
 	}
 	abs, err := filepath.Abs(*dir)
 	if err != nil {
@@ -44,12 +38,22 @@ func cmdDev(ctx context.Context, e *env, args []string) error {
 	out := e.stdout
 	fmt.Fprintf(out, "syncer dev: data in %s (kept; the next start reuses it; `make clean` removes it)\n", abs)
 
-	pg, err := harness.OpenPostgres(filepath.Join(abs, "postgres"), portOrFree(*pgPort), harness.PGOptions{Durable: true})
+	// A previous dev killed without a shutdown (SIGKILL, a crash) left its pid file and
+	// maybe backends: say what is cleared (OpenPostgres clears it).
+	if st, err := devstack.ClearStale(filepath.Join(abs, "postgres", "data")); err != nil {
+		return fmt.Errorf("dev: start PostgreSQL: %w", err)
+	} else if st.PidFile {
+		fmt.Fprintf(out, "  the previous PostgreSQL was not shut down: removed its stale postmaster.pid; it recovers from its WAL\n")
+		if len(st.Killed) > 0 {
+			fmt.Fprintf(out, "  stopped %d process(es) of it still running: %v\n", len(st.Killed), st.Killed)
+		}
+	}
+	pg, err := devstack.OpenPostgres(filepath.Join(abs, "postgres"), portOrFree(*pgPort), devstack.PGOptions{Durable: true})
 	if err != nil {
 		return fmt.Errorf("dev: start PostgreSQL: %w", err)
 	}
-	defer pg.Shutdown(harness.StopFast)
-	ns, err := harness.OpenNATS(filepath.Join(abs, "nats"), portOrFree(*natsPort))
+	defer pg.Shutdown(devstack.StopFast)
+	ns, err := devstack.OpenNATS(filepath.Join(abs, "nats"), portOrFree(*natsPort))
 	if err != nil {
 		return fmt.Errorf("dev: start NATS: %w", err)
 	}
@@ -59,39 +63,63 @@ func cmdDev(ctx context.Context, e *env, args []string) error {
 	if err := devPrepare(ctx, dbURL, out); err != nil {
 		return err
 	}
-	token := "dev-admin-token-please-change"
 	overlay := map[string]string{
 		"EXTENSION_REGISTRY_DATABASE_URL": dbURL,
 		"EXTENSION_REGISTRY_NATS_URL":     ns.URL(),
 		"EXTENSION_REGISTRY_HTTP_ADDR":    *httpAddr,
-		"EXTENSION_REGISTRY_ADMIN_TOKEN":  token,
+		"EXTENSION_REGISTRY_ADMIN_TOKEN":  devAdminToken,
 		"EXTENSION_REGISTRY_SOURCE":       "database",
 	}
-	lookup := func(k string) (string, bool) {
+	de := *e
+	de.lookup = func(k string) (string, bool) {
 		if v, ok := overlay[k]; ok {
 			return v, true
 		}
 		return e.lookup(k)
 	}
+	cfg, err := de.config()
+	if err != nil {
+		return err
+	}
 	psql := fmt.Sprintf("postgresql://postgres@127.0.0.1:%d/postgres", pg.Port)
 	fmt.Fprintf(out, `
   PostgreSQL  %s   (registry in schema public)
-  NATS        %s   (JetStream; subjects beamline.registry.*)
-  HTTP        http://%s/metrics  /healthz  /readyz  POST /admin/sync (Bearer %s)
+  NATS        %s   (JetStream; subjects %s.*)
+  HTTP        http://%s/  (status page)  /metrics  /healthz  /readyz  POST /admin/sync (Bearer %s)
 
-Try it, in two other terminals:
-  EXTENSION_REGISTRY_NATS_URL=%s ./bin/syncer watch
+Every other syncer command talks to this stack with these variables (paste them into
+another shell):
+
+%s
+Then, in that shell:
+  ./bin/syncer status
+  ./bin/syncer watch
+  ./bin/syncer history --limit 5
   psql "%s" -c "UPDATE extensions SET timeout_ms = 250 WHERE id = 'pii_guard'"
 
 Ctrl-C stops everything.
 
-`, dbURL, ns.URL(), *httpAddr, token, ns.URL(), psql)
-	cfg, err := loadConfig(lookup)
-	if err != nil {
-		return err
-	}
+`, dbURL, ns.URL(), cfg.Publisher.Prefix, cfg.HTTPAddr, devAdminToken, devExports(overlay, cfg), psql)
 	return daemon(ctx, cfg, newLogger(e.stderr, cfg))
 }
+
+// devAdminToken is the admin token of the dev stack (printed; never use it elsewhere).
+const devAdminToken = "dev-admin-token-please-change"
+
+// devExports is the block of shell exports that points every other command at the dev
+// stack: the variables dev set, and the subject prefix it publishes under.
+func devExports(overlay map[string]string, cfg *config) string {
+	vars := maps.Clone(overlay)
+	vars[envPrefix+"_SUBJECT_PREFIX"] = cfg.Publisher.Prefix
+	var b strings.Builder
+	for _, k := range slices.Sorted(maps.Keys(vars)) {
+		fmt.Fprintf(&b, "export %s=%s\n", k, shellQuote(vars[k]))
+	}
+	return b.String()
+}
+
+// shellQuote quotes s for a POSIX shell.
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 // devPrepare applies the migrations and imports the default fixtures into an empty
 // registry (a registry someone changed is left as it is).

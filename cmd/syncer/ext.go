@@ -41,6 +41,10 @@ func cmdExt(ctx context.Context, e *env, args []string) error {
 	if len(args) == 0 {
 		return usagef("ext: want a subcommand: %s", extUsage)
 	}
+	switch args[0] {
+	case "-h", "-help", "--help":
+		return flag.ErrHelp
+	}
 	f, ok := extSubcommands[args[0]]
 	if !ok {
 		return usagef("ext: unknown subcommand %q: %s", args[0], extUsage)

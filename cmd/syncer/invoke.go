@@ -58,7 +58,7 @@ func (f *callFlags) parse(args []string) (string, error) {
 	for {
 		if err := f.fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
-				return "", err
+				return "", &helpRequest{f.fs}
 			}
 			return "", usagef("%v", err)
 		}

@@ -13,16 +13,20 @@ import (
 )
 
 func cmdMigrate(ctx context.Context, e *env, args []string) error {
-	rest, err := parseFlags("migrate", args, 0, 1)
+	status := len(args) > 0 && args[0] == "status"
+	name := "migrate"
+	if status {
+		name, args = "migrate status", args[1:]
+	}
+	rest, err := parseFlags(name, args, 0, 1)
 	if err != nil {
 		return err
 	}
-	status := false
 	if len(rest) == 1 {
-		if rest[0] != "status" {
-			return usagef("unknown argument %q (want: status)", rest[0])
+		if status {
+			return usagef("unexpected argument %q", rest[0])
 		}
-		status = true
+		return usagef("unknown argument %q (want: status)", rest[0])
 	}
 	cfg, err := e.config()
 	if err != nil {
@@ -34,6 +38,9 @@ func cmdMigrate(ctx context.Context, e *env, args []string) error {
 	}
 	defer db.Close()
 	if status {
+		if err := schemaExists(ctx, db, cfg.Schema); err != nil {
+			return err
+		}
 		return migrateStatus(ctx, e, db)
 	}
 	if err := ensureSchema(ctx, db, cfg.Schema); err != nil {
@@ -78,6 +85,23 @@ func ensureSchema(ctx context.Context, db *sql.DB, schema string) error {
 		return fmt.Errorf("the search_path of the database URL names no existing schema: create it (CREATE SCHEMA ...) or fix search_path")
 	}
 	return nil
+}
+
+// schemaExists checks, for migrate status, that the registry schema is there: it is what
+// syncer migrate creates (schema from EXTENSION_REGISTRY_DB_SCHEMA) or what the
+// search_path of DATABASE_URL names (schema "").
+func schemaExists(ctx context.Context, db *sql.DB, schema string) error {
+	var current sql.NullString
+	if err := db.QueryRowContext(ctx, `SELECT current_schema()`).Scan(&current); err != nil {
+		return fmt.Errorf("connect to the database: %w", err)
+	}
+	switch {
+	case current.Valid:
+		return nil
+	case schema != "":
+		return fmt.Errorf("schema %q does not exist: nothing is migrated yet; run `syncer migrate` (it creates the schema)", schema)
+	}
+	return fmt.Errorf("the search_path of %s_DATABASE_URL names no existing schema: create it (CREATE SCHEMA ...) or fix search_path, then run `syncer migrate`", envPrefix)
 }
 
 func migrateStatus(ctx context.Context, e *env, db *sql.DB) error {

@@ -3,10 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
-	"io"
 	"strings"
 	"sync"
 	"time"
@@ -17,31 +14,27 @@ import (
 
 // watchLine is what `syncer watch --json` prints per applied revision.
 type watchLine struct {
-	Revision int64     `json:"revision"`
-	Checksum string    `json:"checksum"`
-	Count    int       `json:"count"`
-	Source   string    `json:"source"`
-	Changed  []string  `json:"changed"`
-	Applied  time.Time `json:"applied_at"`
+	// Bootstrap is true on the first line: the snapshot the watcher started from (its
+	// changed lists every extension), not a revision applied on top of one.
+	Bootstrap bool      `json:"bootstrap"`
+	Revision  int64     `json:"revision"`
+	Checksum  string    `json:"checksum"`
+	Count     int       `json:"count"`
+	Source    string    `json:"source"`
+	Changed   []string  `json:"changed"`
+	Applied   time.Time `json:"applied_at"`
 }
 
 // cmdWatch subscribes exactly like a router (through the client package) and prints
 // every applied revision.
 func cmdWatch(ctx context.Context, e *env, args []string) error {
-	fs := flag.NewFlagSet("watch", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
+	fs := newFlags("watch")
 	asJSON := fs.Bool("json", false, "one JSON object per applied revision")
 	dump := fs.Bool("dump", false, "print the current snapshot as JSON")
 	once := fs.Bool("once", false, "exit after the first snapshot (with --dump) or revision")
 	wait := fs.Duration("timeout", 10*time.Second, "how long to wait for a snapshot before failing")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usagef("%v", err)
-	}
-	if fs.NArg() > 0 {
-		return usagef("unexpected argument %q", fs.Arg(0))
+	if _, err := parseInto(fs, args, 0, 0); err != nil {
+		return err
 	}
 	if *wait <= 0 {
 		return usagef("-timeout must be positive")
@@ -76,7 +69,7 @@ func cmdWatch(ctx context.Context, e *env, args []string) error {
 			return
 		}
 		if *asJSON {
-			line := watchLine{Revision: snap.Revision(), Checksum: snap.Checksum(), Count: snap.Len(),
+			line := watchLine{Bootstrap: old == nil, Revision: snap.Revision(), Checksum: snap.Checksum(), Count: snap.Len(),
 				Source: snap.Source(), Changed: changed, Applied: time.Now().UTC()}
 			if line.Changed == nil {
 				line.Changed = []string{}

@@ -22,7 +22,7 @@ func (p *Postgres) StartStandby(upstream string) (*Postgres, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := newPostgres(dir, p.opts)
+	s, err := newPostgres(dir, p.Options())
 	if err != nil {
 		_ = os.RemoveAll(dir)
 		return nil, err
@@ -31,9 +31,9 @@ func (p *Postgres) StartStandby(upstream string) (*Postgres, error) {
 	if !ok {
 		return nil, fmt.Errorf("standby upstream %q: want host:port", upstream)
 	}
-	bb := exec.Command(filepath.Join(p.bin, "pg_basebackup"), "-h", host, "-p", port, "-U", "postgres",
-		"-D", s.dataDir(), "-R", "-X", "stream", "--no-sync", "-c", "fast")
-	bb.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred}
+	bb := exec.Command(filepath.Join(p.BinDir(), "pg_basebackup"), "-h", host, "-p", port, "-U", "postgres",
+		"-D", s.DataDir(), "-R", "-X", "stream", "--no-sync", "-c", "fast")
+	bb.SysProcAttr = &syscall.SysProcAttr{Credential: s.Credential()}
 	if out, err := bb.CombinedOutput(); err != nil {
 		_ = os.RemoveAll(dir)
 		return nil, fmt.Errorf("pg_basebackup: %w: %s", err, out)
@@ -99,7 +99,7 @@ func (p *Postgres) Addr() string { return "127.0.0.1:" + strconv.Itoa(p.Port) }
 
 // Dump runs pg_dump of one schema of the postgres database into a plain SQL file.
 func (p *Postgres) Dump(ctx context.Context, schema, file string) error {
-	cmd := exec.CommandContext(ctx, filepath.Join(p.bin, "pg_dump"), "-h", "127.0.0.1", "-p", strconv.Itoa(p.Port),
+	cmd := exec.CommandContext(ctx, filepath.Join(p.BinDir(), "pg_dump"), "-h", "127.0.0.1", "-p", strconv.Itoa(p.Port),
 		"-U", "postgres", "-n", schema, "-f", file, "postgres")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("pg_dump: %w: %s", err, out)
@@ -109,7 +109,7 @@ func (p *Postgres) Dump(ctx context.Context, schema, file string) error {
 
 // Restore runs a plain SQL dump with psql, stopping at the first error.
 func (p *Postgres) Restore(ctx context.Context, file string) error {
-	cmd := exec.CommandContext(ctx, filepath.Join(p.bin, "psql"), "-h", "127.0.0.1", "-p", strconv.Itoa(p.Port),
+	cmd := exec.CommandContext(ctx, filepath.Join(p.BinDir(), "psql"), "-h", "127.0.0.1", "-p", strconv.Itoa(p.Port),
 		"-U", "postgres", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-1", "-f", file, "postgres")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("psql restore: %w: %s", err, out)
