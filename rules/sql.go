@@ -12,6 +12,7 @@ const (
 	MigrationFile       = "migrations/00005_rules.sql"
 	AggregateSchemaFile = "protocol/schema/aggregate.schema.json"
 	FixtureSchemaFile   = "fixtures/schema.json"
+	FixtureV2SchemaFile = "fixtures/schema.v2.json"
 )
 
 // sqlFunctions are the functions the document rules call.
@@ -216,5 +217,6 @@ func Generated() []File {
 		{MigrationFile, []byte(Migration())},
 		{AggregateSchemaFile, AggregateSchema()},
 		{FixtureSchemaFile, FixtureSchema()},
+		{FixtureV2SchemaFile, FixtureV2Schema()},
 	}
 }
