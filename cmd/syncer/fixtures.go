@@ -79,6 +79,9 @@ func cmdFixtures(ctx context.Context, e *env, args []string) error {
 		}
 		defer conn.Close(context.WithoutCancel(ctx))
 		if sub == "import" {
+			if len(recs) == 0 {
+				fmt.Fprintf(e.stderr, "syncer: fixtures import: no fixture files (*.json) in %s: nothing to import\n", dir)
+			}
 			return fixturesImport(ctx, out, conn, opts, recs)
 		}
 		return fixturesVerify(ctx, out, conn, opts, recs)

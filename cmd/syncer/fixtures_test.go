@@ -74,6 +74,9 @@ func TestFixturesOutputIsShort(t *testing.T) {
 		t.Fatalf("migrate: exit %d", r.code)
 	}
 	dir := t.TempDir()
+	if r := runCLI(t, ctx, env, "fixtures", "import", dir); r.code != exitOK || !strings.Contains(r.stderr, "no fixture files (*.json) in "+dir) {
+		t.Fatalf("import of an empty directory: exit %d, stderr %q", r.code, r.stderr)
+	}
 	for i := range 100 {
 		data := fmt.Sprintf(`{"id": "ext_%03d", "type": "pre", "subject": "x.ext_%03d.v1"}`, i, i)
 		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("ext_%03d.json", i)), []byte(data), 0o644); err != nil {
