@@ -32,6 +32,10 @@ test: deps ## Unit and integration tests with the race detector (starts its own 
 bench: deps build ## Benchmarks: propagation vs the raw floor, burst, scale, fan-out, lookups (writes bench-results/)
 	$(GO) run ./test/bench $(BENCH_ARGS)
 
+.PHONY: bench-fixtures
+bench-fixtures: deps ## Fixtures at scale: export, import into an empty registry, verify, re-import, clean export of FIXTURES_LARGE (100000) extensions
+	FIXTURES_LARGE=$${FIXTURES_LARGE:-100000} $(GO) test -count=1 -run TestLargeRoundTrip -v -timeout 30m ./fixtures/
+
 .PHONY: lint
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -12,6 +12,7 @@ const (
 	MigrationFile       = "migrations/00005_rules.sql"
 	AggregateSchemaFile = "protocol/schema/aggregate.schema.json"
 	FixtureSchemaFile   = "fixtures/schema.json"
+	FixtureV2SchemaFile = "fixtures/schema.v2.json"
 )
 
 // sqlFunctions are the functions the document rules call.
@@ -217,5 +218,6 @@ func Generated() []File {
 		{AggregateSchemaFile, AggregateSchema()},
 		{FixtureSchemaFile, FixtureSchema()},
 		{RolloutMigrationFile, []byte(RolloutMigrationSQL())},
+		{FixtureV2SchemaFile, FixtureV2Schema()},
 	}
 }

@@ -28,8 +28,18 @@ func FixtureSnapshot(dir string, revision int64) (*cache.Snapshot, error) {
 	}
 	exts := make([]cache.Extension, 0, len(recs))
 	for _, r := range recs {
-		exts = append(exts, cache.Extension{ID: r.ID, Type: r.Type, Subject: r.Subject, TimeoutMS: r.TimeoutMS,
-			Retry: r.Retry, Enabled: r.Enabled, Version: r.Version, Config: r.Config, Metadata: r.Metadata})
+		e := cache.Extension{ID: r.ID, Type: r.Type, Subject: r.Subject, TimeoutMS: r.TimeoutMS,
+			Retry: r.Retry, Enabled: r.Enabled, Version: r.Version, Config: r.Config, Metadata: r.Metadata}
+		// A file in the registry's own format carries the versions and instances too.
+		for _, v := range r.Versions {
+			e.Versions = append(e.Versions, cache.Version{Version: v.Version, Subject: v.Subject, TimeoutMS: v.TimeoutMS,
+				Retry: v.Retry, Enabled: v.Enabled, Config: v.Config, Metadata: v.Metadata, RoutingRules: v.RoutingRules})
+		}
+		for _, in := range r.Instances {
+			e.Instances = append(e.Instances, cache.Instance{InstanceID: in.InstanceID, Subject: in.Subject, Weight: in.Weight,
+				Enabled: in.Enabled, HealthStatus: in.HealthStatus})
+		}
+		exts = append(exts, e)
 	}
 	snap, err := cache.New(revision, SourceFixtures, exts)
 	if err != nil {

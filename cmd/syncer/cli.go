@@ -55,7 +55,7 @@ func init() {
 	commands = []command{
 		{"run", "", "run the syncer daemon (publishes the registry to NATS; HTTP on EXTENSION_REGISTRY_HTTP_ADDR)", cmdRun},
 		{"migrate", "[status]", "apply pending schema migrations (idempotent); status lists every migration", cmdMigrate},
-		{"fixtures", "import [DIR] | export DIR | verify [DIR]", "import fixture files into the database, export the database as fixture files, or verify that they match (exit 1 on differences)", cmdFixtures},
+		{"fixtures", "import [DIR] [--limit N] | export DIR [--clean] | verify [DIR] [--limit N]", "import fixture files into the database in one transaction, export the database as fixture files (format beamline.registry/v2; --clean: into a directory that already holds fixture files), or verify that they match (exit 1 on differences); lists at most --limit ids or differences (default 20, 0: all)", cmdFixtures},
 		{"watch", "[--json] [--dump] [--once] [--timeout D]", "subscribe exactly like a router and print each applied revision (--json: one object per revision; --dump --once: print the current snapshot and exit)", cmdWatch},
 		{"status", "[--json] [--timeout D]", "the database and published revisions and every router's applied revision, state and staleness, from the leading syncer (a NATS request: works from any machine with NATS access)", cmdStatus},
 		{"wait", "--revision R | --current [--routers N | --all] [--timeout D]", "exit 0 once N (or all live) routers applied revision R or later, 1 on timeout listing the laggards", cmdWait},
