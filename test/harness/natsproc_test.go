@@ -131,7 +131,7 @@ func TestNATSCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Nodes[1].Kill()
-	eventually(t, 30*time.Second, func() error {
+	eventually(t, 60*time.Second, func() error {
 		_, err := js.Publish(ctx, "r3.b", nil, jetstream.WithMsgID("b"))
 		return err
 	})
