@@ -185,6 +185,17 @@ func TestMergeWrite(t *testing.T) {
 	if rev, audit := revision(t, s); rev != rev0 || audit != audit0 {
 		t.Errorf("health writes moved the registry: revision %d -> %d, audit rows %d -> %d", rev0, rev, audit0, audit)
 	}
+	// A deleted instance's health row goes at the next write of its extension.
+	if _, err := s.Pool.Exec(ctx, `DELETE FROM extension_instances WHERE extension_id = 'geo' AND instance_id = 'i2'`); err != nil {
+		t.Fatal(err)
+	}
+	if err := Write(ctx, s.Pool, rows); err != nil {
+		t.Fatal(err)
+	}
+	var left int
+	if err := s.Pool.QueryRow(ctx, `SELECT count(*) FROM extension_instance_health WHERE extension_id = 'geo'`).Scan(&left); err != nil || left != 1 {
+		t.Errorf("instance health rows after i2 was deleted: %d (%v), want 1", left, err)
+	}
 	if again := m.Flush(now.Add(interval/2), func(string) time.Duration { return 0 }); len(again) != 0 {
 		t.Errorf("a flush with nothing new returned %d rows", len(again))
 	}
@@ -203,7 +214,7 @@ func TestMergeWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	if v.Summary.Total != 1 || v.Summary.Healthy != 1 || v.Summary.AvgSuccess == nil || *v.Summary.AvgSuccess != 0.9 ||
-		v.Summary.AvgP95MS == nil || len(v.Extensions[0].Instances) != 2 {
+		v.Summary.AvgP95MS == nil || len(v.Extensions[0].Instances) != 1 {
 		t.Errorf("view %+v", v.Summary)
 	}
 }

@@ -89,6 +89,8 @@ func Write(ctx context.Context, q Querier, rows []Row) error {
 			r.ExtensionID, r.LastSuccess, r.LastFailure, int64(min(r.SuccessCount, 1<<62)), int64(min(r.FailureCount, 1<<62)),
 			int64(min(r.RejectedCount, 1<<62)), r.AvgLatencyMS, r.P50LatencyMS, r.P95LatencyMS, r.P99LatencyMS, r.State,
 			r.OpenedAt, r.RoutersReporting, r.RoutersOpen, r.RoutersHalfOpen)
+		b.Queue(`DELETE FROM extension_instance_health h WHERE h.extension_id = $1 AND NOT EXISTS
+			(SELECT 1 FROM extension_instances i WHERE i.extension_id = h.extension_id AND i.instance_id = h.instance_id)`, r.ExtensionID)
 		for j := range r.Instances {
 			in := &r.Instances[j]
 			b.Queue(`

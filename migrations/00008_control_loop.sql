@@ -19,7 +19,8 @@
 -- once per extension per health interval; extension_health has no registry trigger, so
 -- those writes never create revisions.
 --
--- extension_instance_health is the same per instance, where the reports name instances.
+-- extension_instance_health is the same per instance, where the reports name instances
+-- (rows of instances deleted since are dropped at the syncer's next write of the extension).
 
 -- +goose Up
 ALTER TABLE extensions ADD COLUMN auto_disabled boolean NOT NULL DEFAULT false;
@@ -51,7 +52,9 @@ CREATE TABLE extension_instance_health (
     routers_half_open      integer          NOT NULL DEFAULT 0,
     updated_at             timestamptz      NOT NULL DEFAULT now(),
     PRIMARY KEY (extension_id, instance_id),
-    FOREIGN KEY (extension_id, instance_id) REFERENCES extension_instances (extension_id, instance_id) ON DELETE CASCADE,
+    -- Not a foreign key to extension_instances: TRUNCATE extension_instances keeps working
+    -- without CASCADE; the syncer drops the rows of instances that are gone.
+    FOREIGN KEY (extension_id) REFERENCES extensions (id) ON DELETE CASCADE,
     CONSTRAINT extension_instance_health_breaker_state_closed_open_half_open
         CHECK (circuit_breaker_state IN ('closed', 'open', 'half_open'))
 );
