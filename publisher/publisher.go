@@ -459,6 +459,25 @@ type DeltaWrite struct {
 	stored *nats.Msg
 	live   *nats.Msg
 	fut    jetstream.PubAckFuture
+	// The stream's answer, once Acked or ack took it.
+	answered bool
+	pa       *jetstream.PubAck
+	perr     error
+}
+
+// Acked reports, without waiting, whether the stream has answered the store (acknowledged
+// or refused it): Finish then does not wait for it.
+func (w *DeltaWrite) Acked() bool {
+	if !w.answered {
+		select {
+		case w.pa = <-w.fut.Ok():
+			w.answered = true
+		case w.perr = <-w.fut.Err():
+			w.answered = true
+		default:
+		}
+	}
+	return w.answered
 }
 
 // Delta returns the delta being written.
@@ -494,6 +513,9 @@ func (p *Publisher) BeginDelta(d *protocol.Delta, data []byte) (*DeltaWrite, err
 // ack waits for the acknowledgement of the store BeginDelta sent (at most the publisher's
 // Timeout).
 func (w *DeltaWrite) ack(ctx context.Context) (*jetstream.PubAck, error) {
+	if w.Acked() {
+		return w.pa, w.perr
+	}
 	t := time.NewTimer(w.p.cfg.Timeout)
 	defer t.Stop()
 	select {
