@@ -225,7 +225,10 @@ func New(nc *nats.Conn, cfg Config) (*Publisher, error) {
 	if err != nil {
 		return nil, err
 	}
-	js, err := jetstream.New(nc, jetstream.WithDefaultTimeout(cfg.Timeout))
+	// An asynchronous store (snapshot chunks, BeginDelta) that gets no acknowledgement
+	// within Timeout fails rather than stay pending for good: pending stores are bounded
+	// (jetstream's default of 4,000), and lost ones would stall every later one.
+	js, err := jetstream.New(nc, jetstream.WithDefaultTimeout(cfg.Timeout), jetstream.WithPublishAsyncTimeout(cfg.Timeout))
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
@@ -437,21 +440,104 @@ func (p *Publisher) PublishDelta(ctx context.Context, d *protocol.Delta, data []
 }
 
 // StoreDelta is PublishDelta, and returns the stream sequence at which the delta was
-// stored by this call (0 when the stream already held it).
+// stored by this call (0 when the stream already held it). It is BeginDelta followed by
+// Finish: one delta in flight.
 func (p *Publisher) StoreDelta(ctx context.Context, d *protocol.Delta, data []byte) (uint64, error) {
-	if len(data) > p.maxMessage() {
-		return 0, fmt.Errorf("%w: delta %d is %d bytes", ErrTooLarge, d.Revision, len(data))
-	}
-	if err := p.fenced(fmt.Sprintf("publish delta %d", d.Revision)); err != nil {
-		return 0, err
-	}
-	stored, live, err := p.signedDeltas(d, data)
+	w, err := p.BeginDelta(d, data)
 	if err != nil {
 		return 0, err
 	}
-	ack, err := p.js.PublishMsg(ctx, stored,
+	return w.Finish(ctx)
+}
+
+// DeltaWrite is a delta whose store was sent (BeginDelta) and whose acknowledgement and
+// announcement are still to come (Finish).
+type DeltaWrite struct {
+	p      *Publisher
+	d      *protocol.Delta
+	data   []byte
+	stored *nats.Msg
+	live   *nats.Msg
+	fut    jetstream.PubAckFuture
+	// The stream's answer, once Acked or ack took it.
+	answered bool
+	pa       *jetstream.PubAck
+	perr     error
+}
+
+// Acked reports, without waiting, whether the stream has answered the store (acknowledged
+// or refused it): Finish then does not wait for it.
+func (w *DeltaWrite) Acked() bool {
+	if !w.answered {
+		select {
+		case w.pa = <-w.fut.Ok():
+			w.answered = true
+		case w.perr = <-w.fut.Err():
+			w.answered = true
+		default:
+		}
+	}
+	return w.answered
+}
+
+// Delta returns the delta being written.
+func (w *DeltaWrite) Delta() *protocol.Delta { return w.d }
+
+// BeginDelta sends the store of d (fenced, signed, with its Nats-Msg-Id and an expected
+// last-subject sequence of 0) without waiting for the stream's acknowledgement: several
+// deltas can be in flight at once. Finish waits for the acknowledgement and then
+// announces the delta; the caller calls Finish in revision order, so that deltas are
+// announced in revision order and each only once the stream acknowledged it. Stores sent
+// on one connection reach the stream in the order they were sent. It returns ErrTooLarge
+// when the payload does not fit in one message.
+func (p *Publisher) BeginDelta(d *protocol.Delta, data []byte) (*DeltaWrite, error) {
+	if len(data) > p.maxMessage() {
+		return nil, fmt.Errorf("%w: delta %d is %d bytes", ErrTooLarge, d.Revision, len(data))
+	}
+	if err := p.fenced(fmt.Sprintf("publish delta %d", d.Revision)); err != nil {
+		return nil, err
+	}
+	stored, live, err := p.signedDeltas(d, data)
+	if err != nil {
+		return nil, err
+	}
+	fut, err := p.js.PublishMsgAsync(stored,
 		jetstream.WithMsgID(p.names.MsgID(d.Revision)),
 		jetstream.WithExpectLastSequencePerSubject(0))
+	if err != nil {
+		return nil, fmt.Errorf("publish delta %d: %w", d.Revision, err)
+	}
+	return &DeltaWrite{p: p, d: d, data: data, stored: stored, live: live, fut: fut}, nil
+}
+
+// ack waits for the acknowledgement of the store BeginDelta sent (at most the publisher's
+// Timeout).
+func (w *DeltaWrite) ack(ctx context.Context) (*jetstream.PubAck, error) {
+	if w.Acked() {
+		return w.pa, w.perr
+	}
+	t := time.NewTimer(w.p.cfg.Timeout)
+	defer t.Stop()
+	select {
+	case a := <-w.fut.Ok():
+		return a, nil
+	case err := <-w.fut.Err():
+		return nil, err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-t.C:
+		return nil, jetstream.ErrAsyncPublishTimeout
+	}
+}
+
+// Finish waits for the stream's acknowledgement of the delta and then announces it on the
+// live subject (unless the publisher is Quiet). It returns the stream sequence at which
+// the delta was stored (0 when the stream already held it: a retry whose acknowledgement
+// was lost, accepted only if the stored delta is this one). An error leaves the delta
+// unannounced; storing it again (StoreDelta) is safe.
+func (w *DeltaWrite) Finish(ctx context.Context) (uint64, error) {
+	p, d, stored := w.p, w.d, w.stored
+	ack, err := w.ack(ctx)
 	if err == nil && ack.Duplicate {
 		// The stream remembers this Nats-Msg-Id (its duplicate window) and stored nothing.
 		// That is a retry whose ack was lost only if the delta is really there: a delta
@@ -459,8 +545,17 @@ func (p *Publisher) StoreDelta(ctx context.Context, d *protocol.Delta, data []by
 		// window all the same. Then store it without the id: the expected last-subject
 		// sequence 0 still stores it at most once.
 		if _, rerr := p.read.Delta(ctx, d.Revision); errors.Is(rerr, protocol.ErrNotFound) {
-			stored.Header.Del(jetstream.MsgIDHeader)
-			ack, err = p.js.PublishMsg(ctx, stored, jetstream.WithExpectLastSequencePerSubject(0))
+			if err := p.fenced(fmt.Sprintf("publish delta %d", d.Revision)); err != nil {
+				return 0, err
+			}
+			m := nats.NewMsg(stored.Subject)
+			m.Data = stored.Data
+			for k, v := range stored.Header {
+				if k != jetstream.MsgIDHeader && k != jetstream.ExpectedLastSubjSeqHeader {
+					m.Header[k] = v
+				}
+			}
+			ack, err = p.js.PublishMsg(ctx, m, jetstream.WithExpectLastSequencePerSubject(0))
 		}
 	}
 	var seq uint64
@@ -488,7 +583,7 @@ func (p *Publisher) StoreDelta(ctx context.Context, d *protocol.Delta, data []by
 	if err := p.fenced(fmt.Sprintf("announce delta %d", d.Revision)); err != nil {
 		return seq, err
 	}
-	if err := p.nc.PublishMsg(live); err != nil {
+	if err := p.nc.PublishMsg(w.live); err != nil {
 		return seq, fmt.Errorf("announce delta %d: %w", d.Revision, err)
 	}
 	return seq, nil

@@ -50,7 +50,7 @@ func (s *term) catchUpUntil(ctx context.Context, pool *pgxpool.Pool, upTo int64,
 					revs = revs[:len(revs)-1]
 				}
 			} else {
-				revs, dbRev, err = readRevisions(ctx, pool, s.cursor, upTo, s.cfg.Batch)
+				revs, dbRev, err = readRevisions(ctx, pool, s.cursor, upTo, s.cfg.Batch, s.cfg.BatchBytes)
 				s.metrics.DatabaseUp.Set(boolGauge(err == nil))
 				if err != nil {
 					return false, err
@@ -81,12 +81,20 @@ func (s *term) catchUpUntil(ctx context.Context, pool *pgxpool.Pool, upTo int64,
 		})
 		for i, r := range revs {
 			if !deadline.IsZero() && time.Now().After(deadline) {
+				if err := s.drain(ctx); err != nil {
+					return false, err
+				}
 				s.pending, s.pendingAfter = revs[i:], s.cursor
 				return true, nil
 			}
 			if err := s.publishRevision(ctx, r); err != nil {
 				return false, err
 			}
+		}
+		// Every round ends with everything it sent acknowledged and announced: what runs
+		// between rounds (heartbeats, stream checks, reconciles) sees the published state.
+		if err := s.drain(ctx); err != nil {
+			return false, err
 		}
 		if dbRev >= 0 && len(revs) < s.cfg.Batch && s.cursor >= dbRev {
 			// Everything committed as of that read is published; a later commit notifies.
@@ -115,6 +123,7 @@ func (s *term) publishRevision(ctx context.Context, r revision) error {
 	if err != nil {
 		// Not one aggregate's fault (prepare withholds those): never publish it.
 		s.metrics.ApplyErrors.Inc()
+		s.abortPipeline()
 		return fmt.Errorf("revision %d cannot be applied to the published state, not publishing it: %w", r.Revision, err)
 	}
 	if len(s.withheld) > held {
@@ -122,17 +131,171 @@ func (s *term) publishRevision(ctx context.Context, r revision) error {
 	}
 	d := &protocol.Delta{Revision: r.Revision, PrevRevision: s.snap.Revision(), Checksum: next.Checksum(),
 		Count: next.Len(), Source: SourceDatabase, CommittedAt: r.CommittedAt, RegistryID: s.registryID, Changes: changes}
+	return s.submit(ctx, d, next, r.Revision)
+}
+
+// Pipelined publishing. A catch-up round sends the store of each delta as soon as it is
+// prepared (publisher.BeginDelta), with up to PublishWindow deltas (and PublishWindowBytes
+// of payload) in flight, and completes them oldest first: wait for the stream's
+// acknowledgement, announce on the live subject, record as published. So deltas are
+// stored and announced in revision order, each announced only once stored (PROTOCOL.md
+// §7), while the round trip to JetStream is no longer paid once per revision.
+//
+// While stores are in flight, s.snap and s.cursor are the head (what the next revision
+// is prepared on top of); the published state (s.latest, the status, the snapshot
+// writer's input, the history) only advances as acknowledgements come in. Every round
+// drains the pipeline before it returns, so between rounds s.snap is the published state.
+
+// inflight is a delta whose store was sent and is not yet acknowledged.
+type inflight struct {
+	w    *publisher.DeltaWrite // nil: sending failed; the retry loop stores it in its turn
+	d    *protocol.Delta
+	data []byte
+	// next is the content after d, kept for the snapshot writer on the newest delta in
+	// flight and on one in every keepEvery (nil on the others): each is a copy of the
+	// registry, too much to keep one per delta in flight.
+	next   *cache.Snapshot
+	cursor int64
+}
+
+// keepEvery is how often a delta in flight keeps its content (inflight.next): at most
+// PublishWindow/keepEvery + 1 registry states are held, and the snapshot writer gets a
+// published state at least every keepEvery revisions.
+const keepEvery = 32
+
+// submit publishes d, whose content after applying is next, as the change-log revision
+// cursor: sent now, completed in order by a later submit or drain.
+func (s *term) submit(ctx context.Context, d *protocol.Delta, next *cache.Snapshot, cursor int64) error {
+	if s.cfg.PublishWindow <= 1 || estimateDelta(d) > s.pub.MaxDelta() {
+		// One at a time (configured so), or certainly too large for one message: that one
+		// becomes a snapshot write and a resync delta, after what is in flight.
+		return s.publishNow(ctx, d, next, cursor)
+	}
+	data, err := publisher.EncodeDelta(d)
+	if err != nil {
+		s.abortPipeline()
+		return err
+	}
+	if len(data) > s.pub.MaxDelta() {
+		return s.publishNow(ctx, d, next, cursor)
+	}
+	f := &inflight{d: d, data: data, next: next, cursor: cursor}
+	if f.w, err = s.pub.BeginDelta(d, data); err != nil {
+		if errors.Is(err, leadership.ErrLost) {
+			s.abortPipeline()
+			return err
+		}
+		f.w = nil
+	}
+	if len(s.inflight) == 0 {
+		s.ackedSnap, s.ackedCursor = s.snap, s.cursor
+	} else if prev := s.inflight[len(s.inflight)-1]; prev.cursor%keepEvery != 0 {
+		prev.next = nil // no longer the newest
+	}
+	s.inflight = append(s.inflight, f)
+	s.inflightBytes += len(data)
+	s.metrics.InFlight.Set(float64(len(s.inflight)))
+	s.snap, s.cursor = next, cursor
+	for len(s.inflight) > 0 && (len(s.inflight) >= s.cfg.PublishWindow || s.inflightBytes > s.cfg.PublishWindowBytes || s.inflight[0].acked()) {
+		if err := s.completeOldest(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (f *inflight) acked() bool { return f.w != nil && f.w.Acked() }
+
+// publishNow publishes d after everything in flight, synchronously.
+func (s *term) publishNow(ctx context.Context, d *protocol.Delta, next *cache.Snapshot, cursor int64) error {
+	if err := s.drain(ctx); err != nil {
+		return err
+	}
 	if err := s.publishDelta(ctx, d, next); err != nil {
 		return err
 	}
-	s.cursor = r.Revision
-	s.metrics.Lag.Observe(time.Since(r.CommittedAt).Seconds())
+	s.cursor = cursor
+	s.metrics.Lag.Observe(time.Since(d.CommittedAt).Seconds())
 	return nil
+}
+
+// drain completes every delta in flight, oldest first.
+func (s *term) drain(ctx context.Context) error {
+	for len(s.inflight) > 0 {
+		if err := s.completeOldest(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// completeOldest waits for the oldest delta in flight to be stored (storing it again, with
+// the retry loop, when its asynchronous store failed), announces it and records it as
+// published.
+func (s *term) completeOldest(ctx context.Context) error {
+	f := s.inflight[0]
+	s.inflight[0] = nil
+	s.inflight = s.inflight[1:]
+	s.inflightBytes -= len(f.data)
+	s.metrics.InFlight.Set(float64(len(s.inflight)))
+	d, data := f.d, f.data
+	var (
+		seq uint64
+		err = errors.New("not sent")
+	)
+	if f.w != nil {
+		seq, err = f.w.Finish(ctx)
+	}
+	// Stores sent after this one may be stored already: a store of it now lands after
+	// them, so its sequence says nothing about the stream going back.
+	ordered := true
+	if err != nil {
+		if ctx.Err() != nil || errors.Is(err, leadership.ErrLost) {
+			s.abortPipeline()
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return err
+		}
+		if f.w != nil {
+			s.metrics.PublishErrors.Inc()
+			s.log.WarnContext(ctx, "syncer: pipelined publish failed, storing the delta again", "revision", d.Revision, "error", err, "in_flight", len(s.inflight))
+		}
+		ordered = len(s.inflight) == 0
+		if d, data, seq, err = s.storeDelta(ctx, d, data, f.next); err != nil {
+			// (With f.next nil, a delta that became too large for the server since it was
+			// sent — a smaller max_payload after a reconnect — ends here too: the next term
+			// publishes it from the change log.)
+			s.abortPipeline()
+			return err
+		}
+	} else {
+		s.publishOK()
+	}
+	s.recordPublished(ctx, d, data, seq, ordered, f.next)
+	if f.next != nil {
+		s.ackedSnap, s.ackedCursor = f.next, f.cursor
+	}
+	s.metrics.Lag.Observe(time.Since(d.CommittedAt).Seconds())
+	return nil
+}
+
+// abortPipeline drops the deltas in flight (their stores may still land: stored, never
+// announced, the content of their revisions all the same) and goes back to the newest
+// published state whose content is kept. The term ends after it.
+func (s *term) abortPipeline() {
+	if len(s.inflight) == 0 {
+		return
+	}
+	clear(s.inflight)
+	s.inflight, s.inflightBytes = s.inflight[:0], 0
+	s.metrics.InFlight.Set(0)
+	s.snap, s.cursor = s.ackedSnap, s.ackedCursor
 }
 
 // publishDelta stores d (retrying until NATS takes it or ctx ends) and makes next the
 // published state. A delta too large for one message becomes a snapshot write followed
-// by a resync delta.
+// by a resync delta. Nothing may be in flight (drain).
 func (s *term) publishDelta(ctx context.Context, d *protocol.Delta, next *cache.Snapshot) error {
 	if estimateDelta(d) > s.pub.MaxDelta() {
 		// Certainly too large for one message (a bulk import): do not encode it only to
@@ -146,10 +309,25 @@ func (s *term) publishDelta(ctx context.Context, d *protocol.Delta, next *cache.
 	if err != nil {
 		return err
 	}
-	var seq uint64 // where this call stored d (0: it was stored already)
+	d, data, seq, err := s.storeDelta(ctx, d, data, next)
+	if err != nil {
+		return err
+	}
+	s.recordPublished(ctx, d, data, seq, true, next)
+	s.snap = next
+	return nil
+}
+
+// storeDelta stores d, retrying until NATS takes it or ctx ends; a delta too large for
+// one message becomes a snapshot write of next and a resync delta (returned instead).
+// seq is where this call stored it (0: it was stored already).
+func (s *term) storeDelta(ctx context.Context, d *protocol.Delta, data []byte, next *cache.Snapshot) (*protocol.Delta, []byte, uint64, error) {
+	var seq uint64
 	for attempt := 1; ; attempt++ {
-		var stored uint64
-		stored, err = s.pub.StoreDelta(ctx, d, data)
+		stored, err := s.pub.StoreDelta(ctx, d, data)
+		if errors.Is(err, publisher.ErrTooLarge) && next == nil {
+			return nil, nil, 0, fmt.Errorf("delta %d no longer fits in one message, and its content is not kept to write it as a snapshot: %w", d.Revision, err)
+		}
 		if errors.Is(err, publisher.ErrTooLarge) {
 			if err = s.writeSnapshot(ctx, next); err == nil {
 				d = resyncOf(d)
@@ -161,13 +339,13 @@ func (s *term) publishDelta(ctx context.Context, d *protocol.Delta, next *cache.
 		seq = max(seq, stored)
 		if err == nil {
 			s.publishOK()
-			break
+			return d, data, seq, nil
 		}
 		if ctx.Err() != nil {
-			return ctx.Err() // stopping (or the leadership was lost): not a publish error
+			return nil, nil, 0, ctx.Err() // stopping (or the leadership was lost): not a publish error
 		}
 		if errors.Is(err, leadership.ErrLost) {
-			return err // fenced: the lease may be someone else's now
+			return nil, nil, 0, err // fenced: the lease may be someone else's now
 		}
 		s.metrics.PublishErrors.Inc()
 		if errors.Is(err, jetstream.ErrNoStreamResponse) || isStreamMissing(err) {
@@ -179,10 +357,15 @@ func (s *term) publishDelta(ctx context.Context, d *protocol.Delta, next *cache.
 		wait := backoff(attempt)
 		s.log.WarnContext(ctx, "syncer: publish failed, retrying", "revision", d.Revision, "error", err, "attempt", attempt, "sleep_duration", wait)
 		if !sleep(ctx, wait) {
-			return ctx.Err()
+			return nil, nil, 0, ctx.Err()
 		}
 	}
-	if seq > 0 && seq <= s.lastSeq {
+}
+
+// recordPublished records d, stored at seq (0: stored already) and announced, as
+// published: next is the content after it. ordered says that no store sent after d's was stored before it.
+func (s *term) recordPublished(ctx context.Context, d *protocol.Delta, data []byte, seq uint64, ordered bool, next *cache.Snapshot) {
+	if ordered && seq > 0 && seq <= s.lastSeq {
 		// The stream's sequence went back: it lost deltas it had acknowledged (a NATS crash
 		// before its disk sync) and reuses their sequence numbers. Republish what it lost
 		// now: with this delta stored on top, checkStream would no longer see the hole.
@@ -191,16 +374,19 @@ func (s *term) publishDelta(ctx context.Context, d *protocol.Delta, next *cache.
 			"sequence", seq, "expected_above", s.lastSeq, "candidates", len(lost))
 		s.republish(ctx, lost)
 	}
-	s.lastSeq = max(s.lastSeq, seq)
+	if ordered {
+		s.lastSeq = max(s.lastSeq, seq)
+	}
 	s.history.add(&published{delta: d, data: data, seq: seq})
+	s.metrics.HistoryDeltas.Set(float64(s.history.len()))
+	s.metrics.HistoryBytes.Set(float64(s.history.bytes))
 	s.metrics.Revisions.Inc()
 	o := origin{RegistryID: d.RegistryID, Revision: d.Revision}
 	if d.Source == SourceDatabase {
 		o.CommittedAt = d.CommittedAt
 	}
-	s.setPublished(next, s.cursor, o)
+	s.announced(stateOf(d), next, o)
 	s.fleetView.Published(d.Revision, d.CommittedAt)
-	return nil
 }
 
 // resyncOf is d without its changes, telling routers to read the snapshot instead.

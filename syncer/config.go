@@ -51,8 +51,21 @@ type Config struct {
 	// History is the number of published deltas kept in memory to republish what the
 	// stream lost (default 100,000).
 	History int
+	// HistoryBytes bounds the same history in bytes (default 16 MiB): the oldest deltas
+	// go first once their payloads and bookkeeping exceed it.
+	HistoryBytes int64
 	// Batch is the number of revisions read from the change log per query (default 500).
 	Batch int
+	// BatchBytes bounds one change-log read in bytes of change values (default 8 MiB):
+	// the read ends after the revision that reaches it (a single larger revision is read
+	// whole), and the next read goes on from there.
+	BatchBytes int
+	// PublishWindow is the number of deltas whose stores may be in flight at once
+	// (default 256); they are announced in revision order, each once acknowledged. 1
+	// stores one delta and waits for its acknowledgement before the next.
+	PublishWindow int
+	// PublishWindowBytes bounds the payload bytes of the deltas in flight (default 8 MiB).
+	PublishWindowBytes int
 	// Listener tunes the LISTEN connection; its URL defaults to DatabaseURL.
 	Listener listener.Config
 	// InstanceID names this process in heartbeats and logs (default hostname:pid).
@@ -76,7 +89,11 @@ func (c Config) WithDefaults() Config {
 	c.LeaderTTL = cmp.Or(c.LeaderTTL, 6*time.Second)
 	c.DatabaseRetry = cmp.Or(c.DatabaseRetry, 2*time.Second)
 	c.History = cmp.Or(c.History, 100_000)
+	c.HistoryBytes = cmp.Or(c.HistoryBytes, 16<<20)
 	c.Batch = cmp.Or(c.Batch, 500)
+	c.BatchBytes = cmp.Or(c.BatchBytes, 8<<20)
+	c.PublishWindow = cmp.Or(c.PublishWindow, 256)
+	c.PublishWindowBytes = cmp.Or(c.PublishWindowBytes, 8<<20)
 	c.Listener.URL = cmp.Or(c.Listener.URL, c.DatabaseURL)
 	c.HealthInterval = cmp.Or(c.HealthInterval, 5*time.Second)
 	c.Auto = c.Auto.WithDefaults()
@@ -117,6 +134,19 @@ func (c Config) Validate() error {
 	}
 	if c.Batch < 1 {
 		errs = append(errs, fmt.Errorf("syncer: Batch must be positive (got %d)", c.Batch))
+	}
+	if c.HistoryBytes < 1 {
+		errs = append(errs, fmt.Errorf("syncer: HistoryBytes must be positive (got %d)", c.HistoryBytes))
+	}
+	if c.BatchBytes < 1 {
+		errs = append(errs, fmt.Errorf("syncer: BatchBytes must be positive (got %d)", c.BatchBytes))
+	}
+	if c.PublishWindow < 1 || c.PublishWindow > 4000 {
+		// 4,000: jetstream's bound on pending asynchronous stores per connection.
+		errs = append(errs, fmt.Errorf("syncer: PublishWindow must be 1..4000 (got %d)", c.PublishWindow))
+	}
+	if c.PublishWindowBytes < 1 {
+		errs = append(errs, fmt.Errorf("syncer: PublishWindowBytes must be positive (got %d)", c.PublishWindowBytes))
 	}
 	return errors.Join(errs...)
 }

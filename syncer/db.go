@@ -28,8 +28,10 @@ type querier interface {
 // readRevisions returns up to limit committed revisions after `after` (and not above
 // upTo when upTo > 0), each with its changes in commit order, together with the revision
 // counter read in the same statement (so in the same snapshot): one round trip tells both
-// what to publish and whether that is everything committed so far.
-func readRevisions(ctx context.Context, q querier, after, upTo int64, limit int) ([]revision, int64, error) {
+// what to publish and whether that is everything committed so far. It stops early, after
+// whole revisions, once their change values reach maxBytes (one larger revision is read
+// whole): the caller reads on from the last revision returned.
+func readRevisions(ctx context.Context, q querier, after, upTo int64, limit, maxBytes int) ([]revision, int64, error) {
 	if upTo <= 0 {
 		upTo = 1<<63 - 1
 	}
@@ -47,6 +49,7 @@ func readRevisions(ctx context.Context, q querier, after, upTo int64, limit int)
 	var (
 		out     []revision
 		counter int64
+		size    int
 	)
 	for rows.Next() {
 		var (
@@ -62,6 +65,9 @@ func readRevisions(ctx context.Context, q querier, after, upTo int64, limit int)
 			continue
 		}
 		if len(out) == 0 || out[len(out)-1].Revision != *rev {
+			if size >= maxBytes && len(out) > 0 {
+				break // the bound in bytes: the rest in the next read
+			}
 			out = append(out, revision{Revision: *rev, CommittedAt: *at})
 		}
 		if entity == nil { // a revision without changes (registry_sync of nothing)
@@ -73,6 +79,7 @@ func readRevisions(ctx context.Context, q querier, after, upTo int64, limit int)
 		}
 		cur := &out[len(out)-1]
 		cur.Changes = append(cur.Changes, ch)
+		size += 64 + len(ch.ID) + len(ch.Key) + len(ch.Value)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, 0, fmt.Errorf("read change log: %w", err)

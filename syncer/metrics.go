@@ -28,6 +28,9 @@ type Metrics struct {
 	Leader            prometheus.Gauge
 	DatabaseUp        prometheus.Gauge
 	Lag               prometheus.Histogram
+	InFlight          prometheus.Gauge
+	HistoryDeltas     prometheus.Gauge
+	HistoryBytes      prometheus.Gauge
 	// Fleet are the metrics of the leader's fleet view (router reports).
 	Fleet *fleet.Metrics
 	// Health are the control loop's (extension health, automatic management).
@@ -62,6 +65,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Extensions:        g("extensions", "Extensions in the published snapshot."),
 		Leader:            g("leader", "1 while this process is the publishing leader."),
 		DatabaseUp:        g("database_up", "1 while the database answers."),
+		InFlight:          g("deltas_in_flight", "Deltas whose store was sent and is not yet acknowledged and announced (at most EXTENSION_REGISTRY_PUBLISH_WINDOW)."),
+		HistoryDeltas:     g("history_deltas", "Published deltas kept in memory to republish what the stream loses."),
+		HistoryBytes:      g("history_bytes", "Bytes of the published deltas kept in memory (at most EXTENSION_REGISTRY_HISTORY_BYTES)."),
 		Lag: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "registry_syncer", Name: "commit_to_publish_seconds",
 			Help:    "Time from a registry transaction's commit to its delta being stored and announced.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
@@ -72,7 +78,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		reg.MustRegister(m.Notifications, m.Revisions, m.PublishErrors, m.Republished, m.ReconcileRuns,
 			m.ReconcileRepairs, m.DriftExtensions, m.ApplyErrors, m.TimelineChanges, m.Withheld, m.SnapshotWrites, m.ListenerReconnect,
 			m.LastPublished, m.DatabaseRevision, m.SnapshotRevision, m.SnapshotBytes, m.Extensions, m.Leader,
-			m.DatabaseUp, m.Lag)
+			m.DatabaseUp, m.Lag, m.InFlight, m.HistoryDeltas, m.HistoryBytes)
 	}
 	return m
 }

@@ -83,7 +83,7 @@ func (s *term) syncToDB(ctx context.Context, pool *pgxpool.Pool, base *cache.Sna
 		// hostage to NATS); catchUp publishes them after the commit.
 		base = s.snap
 		for after := s.cursor; after < locked; {
-			revs, _, err := readRevisions(ctx, tx, after, locked, s.cfg.Batch)
+			revs, _, err := readRevisions(ctx, tx, after, locked, s.cfg.Batch, s.cfg.BatchBytes)
 			if err != nil {
 				return 0, fmt.Errorf("sync: %w", err)
 			}

@@ -113,7 +113,9 @@ func (s *term) republish(ctx context.Context, ps []*published) {
 		}
 		if seq > 0 {
 			p.seq = seq
-			s.lastSeq = max(s.lastSeq, seq)
+			if len(s.inflight) == 0 { // else stores sent before this one may land after it
+				s.lastSeq = max(s.lastSeq, seq)
+			}
 			s.metrics.Republished.Inc()
 		}
 	}

@@ -38,7 +38,16 @@ type term struct {
 	// registryID is the database's registry id, read when the term starts (deltas carry it).
 	registryID string
 	history    *history
-	lastSeq    uint64 // highest delta-stream sequence this term stored at (0: none yet)
+	// lastSeq is the highest delta-stream sequence this term stored at in send order (0:
+	// none yet): a store sent after it and acknowledged at or below it means the stream
+	// went back.
+	lastSeq uint64
+	// inflight are the deltas whose stores were sent and not yet completed, oldest first
+	// (catchup.go); ackedSnap and ackedCursor are the published state behind them.
+	inflight      []*inflight
+	inflightBytes int
+	ackedSnap     *cache.Snapshot
+	ackedCursor   int64
 	// pending is the rest of a change-log batch a time-bounded catch-up round did not
 	// publish; it continues the cursor pendingAfter.
 	pending      []revision
@@ -63,7 +72,7 @@ type term struct {
 }
 
 func newTerm(s *Syncer, lease *leadership.Term) *term {
-	t := &term{Syncer: s, lease: lease, pub: s.pub, fleetView: fleet.New(s.metrics.Fleet), history: newHistory(s.cfg.History), withheld: withholding{},
+	t := &term{Syncer: s, lease: lease, pub: s.pub, fleetView: fleet.New(s.metrics.Fleet), history: newHistory(s.cfg.History, s.cfg.HistoryBytes), withheld: withholding{},
 		snapWake: make(chan struct{}, 1), writerStop: make(chan struct{}), writerDone: make(chan struct{})}
 	if lease != nil {
 		t.pub = s.pub.WithFence(lease.Valid)
@@ -268,16 +277,42 @@ func (s *term) publishOK() {
 }
 
 func (s *term) setPublished(snap *cache.Snapshot, cursor int64, o origin) {
-	s.snap, s.cursor, s.origin = snap, cursor, o
-	s.latest.Store(snap)
-	s.latestOrigin.Store(&o)
-	s.noteHighWater(snap.Revision())
-	s.metrics.LastPublished.Set(float64(snap.Revision()))
-	s.metrics.Extensions.Set(float64(snap.Len()))
-	s.update(func(st *Status) {
-		st.Revision, st.Checksum, st.Extensions, st.Source = snap.Revision(), snap.Checksum(), snap.Len(), snap.Source()
+	s.snap, s.cursor = snap, cursor
+	s.announced(pubState{rev: snap.Revision(), checksum: snap.Checksum(), count: snap.Len(), source: snap.Source()}, snap, o)
+}
+
+// stateOf is the published state a delta leads to.
+func stateOf(d *protocol.Delta) pubState {
+	return pubState{rev: d.Revision, checksum: d.Checksum, count: d.Count, source: d.Source}
+}
+
+// pubState describes a published state.
+type pubState struct {
+	rev      int64
+	checksum string
+	count    int
+	source   string
+}
+
+// announced makes st, stored and announced, the published state for everyone but the
+// publishing goroutine's head (s.snap, s.cursor: ahead while deltas are in flight). snap
+// is its content, for the snapshot writer; nil while deltas are pipelined keeps the
+// writer on an earlier published state (catchup.go keeps only some states in flight).
+func (s *term) announced(st pubState, snap *cache.Snapshot, o origin) {
+	s.origin = o
+	if snap != nil {
+		s.latestOrigin.Store(&o)
+		s.latest.Store(snap)
+	}
+	s.noteHighWater(st.rev)
+	s.metrics.LastPublished.Set(float64(st.rev))
+	s.metrics.Extensions.Set(float64(st.count))
+	s.update(func(status *Status) {
+		status.Revision, status.Checksum, status.Extensions, status.Source = st.rev, st.checksum, st.count, st.source
 	})
-	s.kickSnapshotWriter()
+	if snap != nil {
+		s.kickSnapshotWriter()
+	}
 }
 
 func (s *term) kickSnapshotWriter() {

@@ -85,6 +85,11 @@ type spec struct {
 	SnapshotChunk    int           `envconfig:"SNAPSHOT_CHUNK_SIZE" default:"0" expect:"0 (automatic) or at least 1024 bytes" desc:"Size of one snapshot chunk in bytes (0: the server's max_payload less 8 KiB)."`
 	DuplicateWindow  time.Duration `envconfig:"DUPLICATE_WINDOW" default:"2m" expect:"a duration of at least 1s, not above DELTA_MAX_AGE" desc:"JetStream duplicate-detection window of the delta stream."`
 
+	PublishWindow      int   `envconfig:"PUBLISH_WINDOW" default:"256" expect:"an integer in 1..4000" desc:"Deltas whose stores may be in flight to JetStream at once; each is announced on the live subject, in revision order, only once the stream acknowledged it. 1 waits for each acknowledgement before the next store (2.8 times slower on a backlog: BENCHMARKS.md)."`
+	PublishWindowBytes int   `envconfig:"PUBLISH_WINDOW_BYTES" default:"8388608" expect:"a positive number of bytes" desc:"Payload bytes of the deltas in flight at once (8 MiB)."`
+	HistoryBytes       int64 `envconfig:"HISTORY_BYTES" default:"16777216" expect:"a positive number of bytes" desc:"Memory for the published deltas the leader keeps to store again what the stream loses (16 MiB; also at most 100,000 deltas). A loss older than what it keeps is covered by writing the current snapshot."`
+	BatchBytes         int   `envconfig:"CHANGELOG_BATCH_BYTES" default:"8388608" expect:"a positive number of bytes" desc:"Change values read from the change log per query (8 MiB; also at most 500 revisions); a single larger revision is read whole."`
+
 	HealthInterval time.Duration `envconfig:"HEALTH_INTERVAL" default:"5s" expect:"a duration of at least 100ms such as 5s" desc:"Period of the control loop: the routers' call statistics merged into extension_health (at most one write per extension per interval, never a revision) and the automatic management decisions."`
 	AutoDisable    bool          `envconfig:"AUTO_DISABLE" default:"false" expect:"true or false" desc:"Automatic disable for extensions whose extension_health.auto_manage is 'default' ('on' and 'off' override it): an extension whose circuit is open at a quorum of the routers calling it becomes auto_disabled (audited, a revision every router applies; routers keep a few probe calls). An operator's enable or disable always wins."`
 	AutoEnable     bool          `envconfig:"AUTO_ENABLE" default:"true" expect:"true or false" desc:"Re-enable an auto-disabled extension once the routers' probe calls succeed at a quorum (false: an operator clears auto_disabled)."`
@@ -426,6 +431,10 @@ func loadConfig(lookup func(string) (string, bool)) (*config, error) {
 	check("SNAPSHOT_MAX_BYTES", s.SnapshotMaxBytes == -1 || s.SnapshotMaxBytes > 0)
 	check("SNAPSHOT_CHUNK_SIZE", s.SnapshotChunk == 0 || s.SnapshotChunk >= 1024)
 	check("DUPLICATE_WINDOW", s.DuplicateWindow >= time.Second && (bad["DELTA_MAX_AGE"] || s.DuplicateWindow <= s.DeltaMaxAge))
+	check("PUBLISH_WINDOW", s.PublishWindow >= 1 && s.PublishWindow <= 4000)
+	check("PUBLISH_WINDOW_BYTES", s.PublishWindowBytes > 0)
+	check("HISTORY_BYTES", s.HistoryBytes > 0)
+	check("CHANGELOG_BATCH_BYTES", s.BatchBytes > 0)
 
 	// Control loop.
 	check("HEALTH_INTERVAL", s.HealthInterval >= 100*time.Millisecond)
@@ -455,16 +464,20 @@ func loadConfig(lookup func(string) (string, bool)) (*config, error) {
 	}
 
 	c.Syncer = syncer.Config{
-		Source:            s.Source,
-		DatabaseURL:       c.DatabaseURL,
-		FixturesDir:       s.FixturesDir,
-		SyncInterval:      time.Duration(s.SyncIntervalSeconds) * time.Second,
-		HeartbeatInterval: s.HeartbeatInterval,
-		SnapshotInterval:  s.SnapshotInterval,
-		LeaderRetry:       s.LeaderRetry,
-		LeaderTTL:         s.LeaderTTL,
-		Listener:          listener.Config{Disabled: !s.Listen, PollInterval: s.PollInterval},
-		HealthInterval:    s.HealthInterval,
+		Source:             s.Source,
+		DatabaseURL:        c.DatabaseURL,
+		FixturesDir:        s.FixturesDir,
+		SyncInterval:       time.Duration(s.SyncIntervalSeconds) * time.Second,
+		HeartbeatInterval:  s.HeartbeatInterval,
+		SnapshotInterval:   s.SnapshotInterval,
+		LeaderRetry:        s.LeaderRetry,
+		LeaderTTL:          s.LeaderTTL,
+		Listener:           listener.Config{Disabled: !s.Listen, PollInterval: s.PollInterval},
+		HealthInterval:     s.HealthInterval,
+		PublishWindow:      s.PublishWindow,
+		PublishWindowBytes: s.PublishWindowBytes,
+		HistoryBytes:       s.HistoryBytes,
+		BatchBytes:         s.BatchBytes,
 		Auto: health.Policy{AutoDisable: s.AutoDisable, AutoEnable: s.AutoEnable, Instances: s.AutoInstances,
 			QuorumRouters: s.AutoQuorum, QuorumFraction: s.AutoFraction, MinSuccessRate: s.AutoMinSuccess,
 			Hold: s.AutoHold, Cooldown: s.AutoCooldown, MinCalls: s.AutoMinCalls},

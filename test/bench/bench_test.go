@@ -158,6 +158,16 @@ func TestSmoke(t *testing.T) {
 			t.Error("scale: the client's checksum differs from the database's")
 		}
 	}
+	if b := back.Backlog; b == nil || b.Sequential == nil || b.Pipelined == nil {
+		t.Errorf("backlog: %+v, want a run with a window of 1 and one with the default", b)
+	} else {
+		positive("backlog sequential publish rate", b.Sequential.PublishPerS)
+		positive("backlog pipelined publish rate", b.Pipelined.PublishPerS)
+		if b.Sequential.Revisions != o.plan.BacklogSequential || b.Pipelined.Revisions != o.plan.Backlog || !b.ChecksumsEqual {
+			t.Errorf("backlog: %d and %d revisions (want %d and %d), late client checksum equal %v",
+				b.Sequential.Revisions, b.Pipelined.Revisions, o.plan.BacklogSequential, o.plan.Backlog, b.ChecksumsEqual)
+		}
+	}
 	if f := back.Fanout; f == nil {
 		t.Error("fanout: no result")
 	} else {

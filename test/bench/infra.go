@@ -314,6 +314,12 @@ func freePort() (int, error) {
 // startSyncer starts `syncer run` on the registry in dbURL, publishing under prefix, and
 // waits until it reports ready.
 func (e *env) startSyncer(ctx context.Context, name, dbURL, prefix string, readyTimeout time.Duration) (*syncerProc, error) {
+	return e.startSyncerWith(ctx, name, dbURL, prefix, readyTimeout, nil)
+}
+
+// startSyncerWith is startSyncer with extra KEY=VALUE settings (before -syncer-env; not
+// applied to an in-process syncer).
+func (e *env) startSyncerWith(ctx context.Context, name, dbURL, prefix string, readyTimeout time.Duration, extra []string) (*syncerProc, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -349,6 +355,7 @@ func (e *env) startSyncer(ctx context.Context, name, dbURL, prefix string, ready
 		"EXTENSION_REGISTRY_HEARTBEAT_INTERVAL=2s",
 		"EXTENSION_REGISTRY_LOG_LEVEL=info",
 	)
+	environ = append(environ, extra...)
 	environ = append(environ, e.opts.syncerEnv...) // the last value of a key wins
 	cmd := exec.Command(e.opts.syncerBin, "run")
 	cmd.Env = environ

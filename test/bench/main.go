@@ -9,7 +9,7 @@
 // server with JetStream, both started here and stopped at exit (also on error or Ctrl-C),
 // and the real `syncer run` binary.
 //
-//	go run ./test/bench [-short] [-out DIR] [-only floor,product,burst,scale,fanout,lookups,control]
+//	go run ./test/bench [-short] [-out DIR] [-only floor,product,burst,backlog,scale,fanout,lookups,control]
 package main
 
 import (
@@ -32,7 +32,7 @@ import (
 )
 
 // sectionNames in the order they run.
-var sectionNames = []string{"floor", "product", "burst", "scale", "fanout", "lookups", "control"}
+var sectionNames = []string{"floor", "product", "burst", "backlog", "scale", "fanout", "lookups", "control"}
 
 type options struct {
 	short       bool
@@ -72,6 +72,10 @@ type plan struct {
 	FanClients   int             `json:"fanout_clients"`
 	FanConns     int             `json:"fanout_connections"`
 	FanChanges   int             `json:"fanout_changes"`
+	// Backlog is the revisions committed while the syncer is stopped, published with the
+	// default publish window on restart; BacklogSequential the same with a window of 1.
+	Backlog           int64 `json:"backlog_revisions"`
+	BacklogSequential int64 `json:"backlog_sequential_revisions"`
 }
 
 func fullPlan() plan {
@@ -83,6 +87,7 @@ func fullPlan() plan {
 		BurstWriters: 4, BurstClients: 4,
 		Scale:      100_000,
 		FanClients: 1000, FanConns: 20, FanChanges: 100,
+		Backlog: 100_000, BacklogSequential: 20_000,
 	}
 }
 
@@ -95,6 +100,7 @@ func shortPlan() plan {
 		BurstWriters: 4, BurstClients: 2,
 		Scale:      1000,
 		FanClients: 20, FanConns: 2, FanChanges: 5,
+		Backlog: 2000, BacklogSequential: 500,
 	}
 }
 
@@ -239,6 +245,7 @@ var sections = []section{
 	{"floor", runFloor},
 	{"product", runProduct},
 	{"burst", runBurst},
+	{"backlog", runBacklog},
 	{"scale", runScale},
 	{"fanout", runFanout},
 	{"lookups", runLookups},

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -29,6 +30,7 @@ type Results struct {
 	Product        *ProductResult `json:"product,omitempty"`
 	Ratios         []Ratio        `json:"ratios,omitempty"`
 	Burst          *BurstResult   `json:"burst,omitempty"`
+	Backlog        *BacklogResult `json:"backlog,omitempty"`
 	Scale          *ScaleResult   `json:"scale,omitempty"`
 	Fanout         *FanoutResult  `json:"fanout,omitempty"`
 	Lookups        *LookupResult  `json:"lookups,omitempty"`
@@ -203,6 +205,15 @@ func judge(r *Results) []Target {
 		add("burst: last client caught up after the last commit", "≤ 1 s",
 			fmt.Sprintf("%.1f ms", b.CatchUpMS), b.AllCaughtUp && b.CatchUpMS <= 1000)
 	}
+	if b := r.Backlog; b != nil && b.Pipelined != nil {
+		seq := "not measured"
+		if b.Sequential != nil {
+			seq = fmt.Sprintf("%.0f/s with a window of 1: ratio %.1f", b.Sequential.PublishPerS, b.Ratio)
+		}
+		add(fmt.Sprintf("backlog of %d revisions published on restart (%d extensions)", b.Pipelined.Revisions, b.Extensions), "≥ 5,000/s",
+			fmt.Sprintf("%.0f/s (%s)", b.Pipelined.PublishPerS, seq), b.Pipelined.PublishPerS >= 5000)
+		add("backlog: a late client gets the database's content", "equal checksum", fmt.Sprint(b.ChecksumsEqual), b.ChecksumsEqual)
+	}
 	if s := r.Scale; s != nil {
 		n := fmt.Sprintf("%d extensions", s.Extensions)
 		add(n+": full reconcile", "≤ 1 s", fmt.Sprintf("%.0f ms (median of %v)", s.ReconcileMedianMS, s.ReconcileMS), s.ReconcileMedianMS > 0 && s.ReconcileMedianMS <= 1000)
@@ -360,6 +371,19 @@ func printSummary(w io.Writer, r *Results) {
 		row("per client", strings.Join(per, "; "))
 		row("final checksum equal to the database", fmt.Sprintf("%v (revision %d)", b.ChecksumsEqual, b.FinalRevision))
 		flush()
+	}
+	if b := r.Backlog; b != nil {
+		fmt.Fprintf(w, "### Backlog: a syncer restarted after revisions were committed while it was stopped (%d extensions)\n\n", b.Extensions)
+		row("publish window", "revisions", "committed at", "published at (stream timestamps)", "restart → caught up", "syncer peak RSS")
+		sep(6)
+		for _, br := range []*BacklogRun{b.Sequential, b.Pipelined} {
+			if br != nil {
+				row(strconv.Itoa(br.Window), strconv.FormatInt(br.Revisions, 10), fmt.Sprintf("%.0f/s", br.BuildPerS), fmt.Sprintf("%.0f/s", br.PublishPerS),
+					fmt.Sprintf("%.1f s", br.RestartS), fmt.Sprintf("%.0f MB", br.PeakRSSMB))
+			}
+		}
+		flush()
+		fmt.Fprintf(w, "pipelined ÷ one at a time: %.1f; late client checksum equal: %v\n\n", b.Ratio, b.ChecksumsEqual)
 	}
 	if s := r.Scale; s != nil {
 		fmt.Fprintf(w, "### Scale: %d extensions (%d versions, %d instances)\n\n", s.Extensions, s.Versions, s.Instances)
