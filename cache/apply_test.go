@@ -296,8 +296,11 @@ func assertSameSnapshot(t *testing.T, got, want *Snapshot) {
 			t.Errorf("Lookup/Hash(%s) differ", w.ID)
 		}
 	}
-	if len(got.index) != want.Len() {
-		t.Errorf("index has %d entries, want %d", len(got.index), want.Len())
+	if n := len(got.All()); n != want.Len() || got.Len() != want.Len() {
+		t.Errorf("All has %d entries, Len %d, want %d", n, got.Len(), want.Len())
+	}
+	if err := got.check(); err != nil {
+		t.Error(err)
 	}
 }
 

@@ -27,18 +27,21 @@ func (s *Snapshot) Encode() ([]byte, error) {
 	buf = append(buf, `","source":`...)
 	buf = appendQuoted(buf, s.source)
 	buf = append(buf, `,"count":`...)
-	buf = strconv.AppendInt(buf, int64(len(s.all)), 10)
+	buf = strconv.AppendInt(buf, int64(s.count), 10)
 	buf = append(buf, `,"extensions":[`...)
-	for i, e := range s.all {
+	i := 0
+	s.order.each(func(en entry) bool {
 		if i > 0 {
 			buf = append(buf, ',')
 		}
-		buf = appendAggregate(buf, e)
-		if i == 63 && len(s.all) > 128 {
-			need := (len(buf)/64 + 1) * (len(s.all) - 63) * 9 / 8
+		buf = appendAggregate(buf, en.e)
+		if i == 63 && s.count > 128 {
+			need := (len(buf)/64 + 1) * (s.count - 63) * 9 / 8
 			buf = slices.Grow(buf, need)
 		}
-	}
+		i++
+		return true
+	})
 	return append(buf, ']', '}'), nil
 }
 
