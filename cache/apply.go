@@ -70,6 +70,7 @@ func (s *Snapshot) Apply(revision int64, source string, changes []Change) (*Snap
 	slices.Sort(ids)
 	changed := ids[:0]
 	repl := make([]entry, 0, len(ids)) // e nil: deleted
+	prev := make([]entry, 0, len(ids)) // e nil: absent from s
 	for _, id := range ids {
 		e := overlay[id]
 		old, had := s.order.get(id)
@@ -79,18 +80,21 @@ func (s *Snapshot) Apply(revision int64, source string, changes []Change) (*Snap
 				continue
 			}
 		} else {
-			en = entry{e: e, h: n.hash(e)}
+			en.e = e
+			en.h, en.h1 = n.hashes(e)
 			if had && old.h == en.h {
 				continue
 			}
 		}
 		changed = append(changed, id)
 		repl = append(repl, en)
+		prev = append(prev, old)
 	}
 
 	next := &Snapshot{revision: revision, source: source}
 	if len(changed) == 0 {
-		next.checksum, next.count, next.order, next.ids, next.byType = s.checksum, s.count, s.order, s.ids, s.byType
+		next.sum, next.checksumV2, next.count, next.order, next.ids, next.byType = s.sum, s.checksumV2, s.count, s.order, s.ids, s.byType
+		next.checksum.Store(s.checksum.Load())
 		next.all.Store(s.all.Load())
 		for t := range s.typed {
 			next.typed[t].Store(s.typed[t].Load())
@@ -104,13 +108,19 @@ func (s *Snapshot) Apply(revision int64, source string, changes []Change) (*Snap
 		return next, slices.Clone(changed), nil
 	}
 	next.order, next.ids, next.byType, next.count = s.order, s.ids, s.byType, s.count
+	sum := s.sum
 	for k, id := range changed {
-		old, had := s.ids.get(id)
-		if had && old.Serves() {
-			t := typeIndex(old.Type)
-			next.byType[t] = next.byType[t].del(id)
+		old := prev[k]
+		had := old.e != nil
+		if had {
+			sum = sub256(sum, &old.h)
+			if old.e.Serves() {
+				t := typeIndex(old.e.Type)
+				next.byType[t] = next.byType[t].del(id)
+			}
 		}
 		if e := repl[k].e; e != nil {
+			sum = add256(sum, &repl[k].h)
 			next.order = next.order.set(repl[k])
 			next.ids = next.ids.set(e)
 			if e.Serves() {
@@ -126,7 +136,7 @@ func (s *Snapshot) Apply(revision int64, source string, changes []Change) (*Snap
 			next.count--
 		}
 	}
-	next.checksum = next.computeChecksum()
+	next.setSum(sum)
 	return next, slices.Clone(changed), nil
 }
 

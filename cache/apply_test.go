@@ -275,6 +275,9 @@ func assertSameSnapshot(t *testing.T, got, want *Snapshot) {
 	if got.Checksum() != want.Checksum() {
 		t.Errorf("checksum %s, want %s", got.Checksum(), want.Checksum())
 	}
+	if got.ChecksumV2() != want.ChecksumV2() {
+		t.Errorf("checksum_v2 %s, want %s", got.ChecksumV2(), want.ChecksumV2())
+	}
 	if got.Len() != want.Len() || !slices.Equal(ids(got.All()), ids(want.All())) {
 		t.Errorf("All = %v, want %v", ids(got.All()), ids(want.All()))
 	}

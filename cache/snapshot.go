@@ -2,9 +2,11 @@ package cache
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"iter"
+	"math/bits"
 	"runtime"
 	"slices"
 	"strings"
@@ -20,10 +22,14 @@ import (
 // that a revision did not change with the snapshot it was applied to, so a
 // delta touching k extensions costs O(k log n), not O(n).
 type Snapshot struct {
-	revision int64
-	source   string
-	checksum string
-	count    int
+	revision   int64
+	source     string
+	count      int
+	sum        [32]byte // checksum v2: the sum of the per-extension hashes modulo 2^256
+	checksumV2 string   // sum in hex
+	// checksum is the v1 checksum, computed on first use: it is a hash over
+	// every per-extension hash in id order, O(n) for every snapshot.
+	checksum atomic.Pointer[string]
 
 	order  btree[entry]                // every extension with its hash, ascending id
 	ids    hamt                        // id -> extension, including disabled ones
@@ -34,11 +40,19 @@ type Snapshot struct {
 	typed [numTypes]atomic.Pointer[[]*Extension]
 }
 
-// entry is an extension with its per-extension hash (SHA-256 of the canonical
-// aggregate).
+// entry is an extension with its per-extension hashes.
 type entry struct {
-	e *Extension
-	h [32]byte
+	e  *Extension
+	h  [32]byte  // SHA-256 of the v2 (RFC 8785) canonical aggregate
+	h1 *[32]byte // SHA-256 of the v1 canonical aggregate when it differs from h (rare)
+}
+
+// v1 returns the entry's v1 per-extension hash.
+func (en *entry) v1() *[32]byte {
+	if en.h1 != nil {
+		return en.h1
+	}
+	return &en.h
 }
 
 func entryID(en entry) string   { return en.e.ID }
@@ -50,7 +64,7 @@ func extID(e *Extension) string { return e.ID }
 // ErrInvalid); duplicate ids are an error.
 func New(revision int64, source string, exts []Extension) (*Snapshot, error) {
 	items := make([]Extension, len(exts))
-	hs := make([][32]byte, len(exts))
+	entries := make([]entry, len(exts))
 	errs := make([]error, len(exts))
 	forChunks(len(exts), func(lo, hi int) {
 		n := getNormalizer()
@@ -61,22 +75,19 @@ func New(revision int64, source string, exts []Extension) (*Snapshot, error) {
 				errs[i] = err
 				continue
 			}
-			hs[i] = n.hash(&items[i])
+			entries[i].e = &items[i]
+			entries[i].h, entries[i].h1 = n.hashes(&items[i])
 		}
 	})
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	return build(revision, source, items, hs)
+	return build(revision, source, entries)
 }
 
-// build assembles a snapshot from normalized extensions and their hashes.
-func build(revision int64, source string, items []Extension, hs [][32]byte) (*Snapshot, error) {
-	n := len(items)
-	entries := make([]entry, n)
-	for i := range items {
-		entries[i] = entry{e: &items[i], h: hs[i]}
-	}
+// build assembles a snapshot from normalized extensions with their hashes.
+func build(revision int64, source string, entries []entry) (*Snapshot, error) {
+	n := len(entries)
 	cmp := func(a, b entry) int { return strings.Compare(a.e.ID, b.e.ID) }
 	if !slices.IsSortedFunc(entries, cmp) {
 		slices.SortFunc(entries, cmp)
@@ -120,17 +131,51 @@ func (s *Snapshot) fill(entries []entry) {
 		s.byType[t] = buildBtree(typed[t], extID)
 		s.typed[t].Store(&typed[t])
 	}
-	s.checksum = s.computeChecksum()
+	var sum [32]byte
+	for i := range entries {
+		sum = add256(sum, &entries[i].h)
+	}
+	s.setSum(sum)
 }
 
-// computeChecksum is the lowercase hex SHA-256 of the concatenated
+// setSum sets the v2 checksum.
+func (s *Snapshot) setSum(sum [32]byte) {
+	s.sum = sum
+	s.checksumV2 = hex.EncodeToString(sum[:])
+}
+
+// add256 returns a + b modulo 2^256, both big-endian.
+func add256(a [32]byte, b *[32]byte) [32]byte {
+	var out [32]byte
+	var carry uint64
+	for i := 24; i >= 0; i -= 8 {
+		var x uint64
+		x, carry = bits.Add64(binary.BigEndian.Uint64(a[i:]), binary.BigEndian.Uint64(b[i:]), carry)
+		binary.BigEndian.PutUint64(out[i:], x)
+	}
+	return out
+}
+
+// sub256 returns a - b modulo 2^256, both big-endian.
+func sub256(a [32]byte, b *[32]byte) [32]byte {
+	var out [32]byte
+	var borrow uint64
+	for i := 24; i >= 0; i -= 8 {
+		var x uint64
+		x, borrow = bits.Sub64(binary.BigEndian.Uint64(a[i:]), binary.BigEndian.Uint64(b[i:]), borrow)
+		binary.BigEndian.PutUint64(out[i:], x)
+	}
+	return out
+}
+
+// checksumV1 is the lowercase hex SHA-256 of the concatenated v1
 // per-extension hashes, in id order.
-func (s *Snapshot) computeChecksum() string {
+func (s *Snapshot) checksumV1() string {
 	d := sha256.New()
 	var buf [64 * sha256.Size]byte
 	k := 0
 	s.order.each(func(en entry) bool {
-		copy(buf[k*sha256.Size:], en.h[:])
+		copy(buf[k*sha256.Size:], en.v1()[:])
 		if k++; k == 64 {
 			d.Write(buf[:])
 			k = 0
@@ -208,11 +253,36 @@ func (s *Snapshot) Revision() int64 { return s.revision }
 // Source returns where the snapshot came from, e.g. "database" or "fixtures".
 func (s *Snapshot) Source() string { return s.source }
 
-// Checksum returns the snapshot checksum in lowercase hex: the SHA-256 of the
-// concatenated per-extension hashes (SHA-256 of each canonical aggregate, see
-// Canonical) of every extension, disabled ones included, in ascending id
-// order. The empty registry's checksum is the SHA-256 of the empty string.
-func (s *Snapshot) Checksum() string { return s.checksum }
+// Checksum returns the snapshot's protocol v1 checksum in lowercase hex: the
+// SHA-256 of the concatenated per-extension hashes (SHA-256 of each canonical
+// aggregate, see Canonical) of every extension, disabled ones included, in
+// ascending id order. The empty registry's checksum is the SHA-256 of the
+// empty string. It is computed on the first call for each snapshot, in
+// O(n): code that follows every revision compares ChecksumV2 instead.
+func (s *Snapshot) Checksum() string {
+	if p := s.checksum.Load(); p != nil {
+		return *p
+	}
+	sum := s.checksumV1()
+	s.checksum.CompareAndSwap(nil, &sum)
+	return *s.checksum.Load()
+}
+
+// KnownChecksum returns the v1 checksum if it has been computed (Checksum),
+// else "".
+func (s *Snapshot) KnownChecksum() string {
+	if p := s.checksum.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// ChecksumV2 returns the snapshot's protocol v2 checksum: the sum modulo
+// 2^256 of the per-extension hashes, each the SHA-256 of the extension's
+// RFC 8785 canonical aggregate (CanonicalV2) read as a big-endian number,
+// written as 64 lowercase hex digits. The empty registry's is 64 zeros. Apply
+// updates it in O(changed extensions).
+func (s *Snapshot) ChecksumV2() string { return s.checksumV2 }
 
 // Len returns the number of extensions, including disabled ones.
 func (s *Snapshot) Len() int { return s.count }
@@ -290,7 +360,8 @@ func (s *Snapshot) Extensions() iter.Seq[*Extension] {
 	}
 }
 
-// Hash returns the per-extension hash (SHA-256 of the canonical aggregate).
+// Hash returns the per-extension hash: the SHA-256 of the v2 (RFC 8785)
+// canonical aggregate (CanonicalV2).
 func (s *Snapshot) Hash(id string) ([32]byte, bool) {
 	en, ok := s.order.get(id)
 	return en.h, ok
@@ -301,7 +372,7 @@ func (s *Snapshot) Hash(id string) ([32]byte, bool) {
 // returns nil when they hold the same extensions. A nil snapshot is empty.
 // Parts that s and o share (one was applied to the other) are skipped whole.
 func (s *Snapshot) Diff(o *Snapshot) []string {
-	if s != nil && o != nil && s.checksum == o.checksum {
+	if s != nil && o != nil && s.order.root == o.order.root {
 		return nil
 	}
 	var a, b []*bnode[entry]

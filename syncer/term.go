@@ -275,7 +275,7 @@ func (s *term) setPublished(snap *cache.Snapshot, cursor int64, o origin) {
 	s.metrics.LastPublished.Set(float64(snap.Revision()))
 	s.metrics.Extensions.Set(float64(snap.Len()))
 	s.update(func(st *Status) {
-		st.Revision, st.Checksum, st.Extensions, st.Source = snap.Revision(), snap.Checksum(), snap.Len(), snap.Source()
+		st.Revision, st.Checksum, st.ChecksumV2, st.Extensions, st.Source = snap.Revision(), snap.Checksum(), snap.ChecksumV2(), snap.Len(), snap.Source()
 	})
 	s.kickSnapshotWriter()
 }
