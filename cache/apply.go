@@ -1,10 +1,7 @@
 package cache
 
 import (
-	"bytes"
-	"crypto/sha256"
 	"fmt"
-	"maps"
 	"slices"
 	"strings"
 )
@@ -72,118 +69,111 @@ func (s *Snapshot) Apply(revision int64, source string, changes []Change) (*Snap
 	}
 	slices.Sort(ids)
 	changed := ids[:0]
-	var repl []*Extension
-	var hs [][32]byte
+	repl := make([]entry, 0, len(ids)) // e nil: deleted
+	prev := make([]entry, 0, len(ids)) // e nil: absent from s
 	for _, id := range ids {
 		e := overlay[id]
-		pos, had := s.find(id)
-		var h [32]byte
+		old, had := s.order.get(id)
+		var en entry
 		if e == nil {
 			if !had {
 				continue
 			}
 		} else {
-			h = n.hash(e)
-			if had && bytes.Equal(s.hashes[pos*sha256.Size:(pos+1)*sha256.Size], h[:]) {
+			en.e = e
+			en.h, en.h1 = n.hashes(e)
+			if had && old.h == en.h {
 				continue
 			}
 		}
 		changed = append(changed, id)
-		repl = append(repl, e)
-		hs = append(hs, h)
+		repl = append(repl, en)
+		prev = append(prev, old)
 	}
 
 	next := &Snapshot{revision: revision, source: source}
 	if len(changed) == 0 {
-		next.checksum, next.all, next.hashes, next.index, next.byType = s.checksum, s.all, s.hashes, s.index, s.byType
+		next.sum, next.checksumV2, next.count, next.order, next.ids, next.byType = s.sum, s.checksumV2, s.count, s.order, s.ids, s.byType
+		next.checksum.Store(s.checksum.Load())
+		next.all.Store(s.all.Load())
+		for t := range s.typed {
+			next.typed[t].Store(s.typed[t].Load())
+		}
 		return next, nil, nil
 	}
-	next.index = maps.Clone(s.index)
-	if next.index == nil {
-		next.index = make(map[string]*Extension, len(changed))
+	if len(changed) > max(64, s.count/8) {
+		// Rebuilding costs O(n); path copying k changes costs O(k log n) with a
+		// larger constant.
+		next.fill(merge(s, changed, repl))
+		return next, slices.Clone(changed), nil
 	}
-	var affected [numTypes]bool
+	next.order, next.ids, next.byType, next.count = s.order, s.ids, s.byType, s.count
+	sum := s.sum
 	for k, id := range changed {
-		if old, ok := s.index[id]; ok && old.Serves() {
-			affected[typeIndex(old.Type)] = true
+		old := prev[k]
+		had := old.e != nil
+		if had {
+			sum = sub256(sum, &old.h)
+			if old.e.Serves() {
+				t := typeIndex(old.e.Type)
+				next.byType[t] = next.byType[t].del(id)
+			}
 		}
-		if e := repl[k]; e != nil {
-			next.index[id] = e
+		if e := repl[k].e; e != nil {
+			sum = add256(sum, &repl[k].h)
+			next.order = next.order.set(repl[k])
+			next.ids = next.ids.set(e)
 			if e.Serves() {
-				affected[typeIndex(e.Type)] = true
+				t := typeIndex(e.Type)
+				next.byType[t] = next.byType[t].set(e)
+			}
+			if !had {
+				next.count++
 			}
 		} else {
-			delete(next.index, id)
+			next.order = next.order.del(id)
+			next.ids = next.ids.del(id)
+			next.count--
 		}
 	}
-	next.all, next.hashes = splice(s.all, s.hashes, changed, repl, hs, nil)
-	next.byType = s.byType
-	for t := range affected {
-		if affected[t] {
-			next.byType[t], _ = splice(s.byType[t], nil, changed, repl, nil, func(e *Extension) bool {
-				return e.Serves() && typeIndex(e.Type) == t
-			})
-		}
-	}
-	next.checksum = checksum(next.hashes)
+	next.setSum(sum)
 	return next, slices.Clone(changed), nil
 }
 
-// splice returns a copy of the id-sorted list old in which every extension
-// whose id is in ids (sorted) is removed and replaced by repl[k] when that is
-// non-nil (and keep, if given, accepts it). When oldH is non-nil the aligned
-// hash list is rebuilt likewise from hs.
-func splice(old []*Extension, oldH []byte, ids []string, repl []*Extension, hs [][32]byte, keep func(*Extension) bool) ([]*Extension, []byte) {
-	const hz = sha256.Size
-	pos := make([]int, len(ids))
-	found := make([]bool, len(ids))
-	size := len(old)
-	lo := 0
-	for k, id := range ids {
-		p, ok := slices.BinarySearchFunc(old[lo:], id, func(e *Extension, id string) int { return strings.Compare(e.ID, id) })
-		pos[k], found[k] = lo+p, ok
-		lo += p
-		if ok {
-			size--
-		}
-		if repl[k] != nil && (keep == nil || keep(repl[k])) {
-			size++
-		}
-	}
-	out := make([]*Extension, 0, size)
-	var outH []byte
-	if oldH != nil {
-		outH = make([]byte, 0, size*hz)
-	}
-	prev := 0
-	for k := range ids {
-		p := pos[k]
-		out = append(out, old[prev:p]...)
-		if oldH != nil {
-			outH = append(outH, oldH[prev*hz:p*hz]...)
-		}
-		prev = p
-		if found[k] {
-			prev = p + 1
-		}
-		if e := repl[k]; e != nil && (keep == nil || keep(e)) {
-			out = append(out, e)
-			if oldH != nil {
-				outH = append(outH, hs[k][:]...)
+// merge returns the entries of s with the extensions of ids (sorted) replaced
+// by repl (e nil: removed), sorted by id.
+func merge(s *Snapshot, ids []string, repl []entry) []entry {
+	out := make([]entry, 0, s.count+len(ids))
+	k := 0
+	s.order.each(func(en entry) bool {
+		for k < len(ids) && ids[k] < en.e.ID {
+			if repl[k].e != nil {
+				out = append(out, repl[k])
 			}
+			k++
+		}
+		if k < len(ids) && ids[k] == en.e.ID {
+			if repl[k].e != nil {
+				out = append(out, repl[k])
+			}
+			k++
+			return true
+		}
+		out = append(out, en)
+		return true
+	})
+	for ; k < len(ids); k++ {
+		if repl[k].e != nil {
+			out = append(out, repl[k])
 		}
 	}
-	out = append(out, old[prev:]...)
-	if oldH != nil {
-		outH = append(outH, oldH[prev*hz:]...)
-	}
-	return out, outH
+	return out
 }
 
 func (s *Snapshot) applyOne(d *decoder, n *normalizer, overlay map[string]*Extension, c *Change) error {
 	old, ok := overlay[c.ID]
 	if !ok {
-		old = s.index[c.ID]
+		old, _ = s.ids.get(c.ID)
 	}
 	if c.Op != OpPut && c.Op != OpDelete {
 		return fmt.Errorf("%w: unknown op %q", ErrInvalid, c.Op)

@@ -275,6 +275,9 @@ func assertSameSnapshot(t *testing.T, got, want *Snapshot) {
 	if got.Checksum() != want.Checksum() {
 		t.Errorf("checksum %s, want %s", got.Checksum(), want.Checksum())
 	}
+	if got.ChecksumV2() != want.ChecksumV2() {
+		t.Errorf("checksum_v2 %s, want %s", got.ChecksumV2(), want.ChecksumV2())
+	}
 	if got.Len() != want.Len() || !slices.Equal(ids(got.All()), ids(want.All())) {
 		t.Errorf("All = %v, want %v", ids(got.All()), ids(want.All()))
 	}
@@ -296,8 +299,11 @@ func assertSameSnapshot(t *testing.T, got, want *Snapshot) {
 			t.Errorf("Lookup/Hash(%s) differ", w.ID)
 		}
 	}
-	if len(got.index) != want.Len() {
-		t.Errorf("index has %d entries, want %d", len(got.index), want.Len())
+	if n := len(got.All()); n != want.Len() || got.Len() != want.Len() {
+		t.Errorf("All has %d entries, Len %d, want %d", n, got.Len(), want.Len())
+	}
+	if err := got.check(); err != nil {
+		t.Error(err)
 	}
 }
 

@@ -77,7 +77,7 @@ func BenchmarkSelectVersion(b *testing.B) {
 }
 
 func BenchmarkApplyOneRow(b *testing.B) {
-	for _, n := range []int{10000, 100000} {
+	for _, n := range []int{1000, 10000, 100000} {
 		b.Run(strconv.Itoa(n), func(b *testing.B) {
 			s := benchSnapshot(b, n)
 			target := Synthetic(n)[n/2]

@@ -33,15 +33,68 @@ func Canonical(e *Extension) ([]byte, error) {
 	return appendAggregate(nil, &c), nil
 }
 
-// hash returns the SHA-256 of the canonical encoding of the normalized e.
-func (n *normalizer) hash(e *Extension) [32]byte {
-	n.buf = appendAggregate(n.buf[:0], e)
-	return sha256.Sum256(n.buf)
+// CanonicalV2 returns the canonical encoding of protocol checksum v2: the
+// RFC 8785 (JSON Canonicalization Scheme) serialization of the same JSON value
+// Canonical encodes. It differs from Canonical only in the order of object
+// keys inside config, metadata and routing_rules, which RFC 8785 sorts by
+// UTF-16 code units: the two orders differ only for keys holding both a
+// character in U+E000..U+FFFF and one above U+FFFF. e is validated first, as
+// for Canonical.
+func CanonicalV2(e *Extension) ([]byte, error) {
+	c := cloneExtension(e)
+	n := getNormalizer()
+	defer putNormalizer(n)
+	if err := n.normalize(&c, false); err != nil {
+		return nil, err
+	}
+	n.jcs.utf16 = true
+	return appendAggregateWith(nil, &c, &n.jcs), nil
 }
 
-func appendRaw(dst []byte, raw []byte) []byte {
+// hashes returns the hashes of the normalized e: h, the SHA-256 of its v2
+// (RFC 8785) encoding, and h1, the SHA-256 of its v1 encoding when that
+// differs (nil when the two encodings are the same bytes, as they are for
+// nearly every aggregate).
+func (n *normalizer) hashes(e *Extension) (h [32]byte, h1 *[32]byte) {
+	n.buf = appendAggregate(n.buf[:0], e)
+	v1 := sha256.Sum256(n.buf)
+	if !aggregateOrderDiffers(e) {
+		return v1, nil
+	}
+	n.jcs.utf16 = true
+	n.buf = appendAggregateWith(n.buf[:0], e, &n.jcs)
+	if h = sha256.Sum256(n.buf); h == v1 {
+		return h, nil
+	}
+	return h, &v1
+}
+
+// aggregateOrderDiffers reports whether a raw field of e may order its keys
+// differently in the v1 and v2 encodings.
+func aggregateOrderDiffers(e *Extension) bool {
+	if jcsOrderDiffers(e.Config) || jcsOrderDiffers(e.Metadata) {
+		return true
+	}
+	for i := range e.Versions {
+		v := &e.Versions[i]
+		if jcsOrderDiffers(v.Config) || jcsOrderDiffers(v.Metadata) || jcsOrderDiffers(v.RoutingRules) {
+			return true
+		}
+	}
+	return false
+}
+
+// appendRawWith appends a canonical raw field, re-sorted through p when p is
+// not nil.
+func appendRawWith(dst []byte, raw []byte, p *jsonParser) []byte {
 	if len(raw) == 0 {
 		return append(dst, '{', '}')
+	}
+	if p != nil {
+		if out, err := p.canonicalJSON(dst, raw); err == nil {
+			return out
+		}
+		// Unreachable: raw is canonical JSON already.
 	}
 	return append(dst, raw...)
 }
@@ -55,7 +108,11 @@ func appendBool(dst []byte, b bool) []byte {
 
 // appendAggregate appends the canonical encoding of a normalized extension
 // (raw fields canonical, children sorted). Keys are written in bytewise order.
-func appendAggregate(dst []byte, e *Extension) []byte {
+func appendAggregate(dst []byte, e *Extension) []byte { return appendAggregateWith(dst, e, nil) }
+
+// appendAggregateWith is appendAggregate with the raw fields re-canonicalized
+// through p when p is not nil (with p.utf16 set: the v2 encoding).
+func appendAggregateWith(dst []byte, e *Extension, p *jsonParser) []byte {
 	// auto_disabled is written only when true, so that the encoding (and the checksum)
 	// of every other aggregate is what protocol version 1 without it defined.
 	if e.AutoDisabled {
@@ -63,7 +120,7 @@ func appendAggregate(dst []byte, e *Extension) []byte {
 	} else {
 		dst = append(dst, `{"config":`...)
 	}
-	dst = appendRaw(dst, e.Config)
+	dst = appendRawWith(dst, e.Config, p)
 	dst = append(dst, `,"enabled":`...)
 	dst = appendBool(dst, e.Enabled)
 	dst = append(dst, `,"id":`...)
@@ -76,7 +133,7 @@ func appendAggregate(dst []byte, e *Extension) []byte {
 		dst = appendInstance(dst, &e.Instances[i])
 	}
 	dst = append(dst, `],"metadata":`...)
-	dst = appendRaw(dst, e.Metadata)
+	dst = appendRawWith(dst, e.Metadata, p)
 	dst = append(dst, `,"retry":`...)
 	dst = strconv.AppendInt(dst, int64(e.Retry), 10)
 	dst = append(dst, `,"subject":`...)
@@ -92,22 +149,22 @@ func appendAggregate(dst []byte, e *Extension) []byte {
 		if i > 0 {
 			dst = append(dst, ',')
 		}
-		dst = appendVersion(dst, &e.Versions[i])
+		dst = appendVersion(dst, &e.Versions[i], p)
 	}
 	return append(dst, ']', '}')
 }
 
-func appendVersion(dst []byte, v *Version) []byte {
+func appendVersion(dst []byte, v *Version, p *jsonParser) []byte {
 	dst = append(dst, `{"config":`...)
-	dst = appendRaw(dst, v.Config)
+	dst = appendRawWith(dst, v.Config, p)
 	dst = append(dst, `,"enabled":`...)
 	dst = appendBool(dst, v.Enabled)
 	dst = append(dst, `,"metadata":`...)
-	dst = appendRaw(dst, v.Metadata)
+	dst = appendRawWith(dst, v.Metadata, p)
 	dst = append(dst, `,"retry":`...)
 	dst = strconv.AppendInt(dst, int64(v.Retry), 10)
 	dst = append(dst, `,"routing_rules":`...)
-	dst = appendRaw(dst, v.RoutingRules)
+	dst = appendRawWith(dst, v.RoutingRules, p)
 	dst = append(dst, `,"subject":`...)
 	dst = appendQuoted(dst, v.Subject)
 	dst = append(dst, `,"timeout_ms":`...)

@@ -43,6 +43,9 @@ const (
 	// workedChecksum pins the value quoted in PROTOCOL.md; the test also
 	// recomputes it from the hand-written canonical strings above.
 	workedChecksum = "01c0c3e956efc4da18af1f6b9a1ef933f5fbf7a07819f3013f46cacfdb9916b0"
+	// workedChecksumV2 is the v2 checksum of the same snapshot; TestWorkedExampleV2
+	// recomputes it with math/big.
+	workedChecksumV2 = "b33315af08fdd3ab5e38a1ab790668f06a5895d308035b084157040470b2f6ab"
 )
 
 func TestWorkedExample(t *testing.T) {

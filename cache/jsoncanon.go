@@ -27,6 +27,12 @@ type jsonParser struct {
 	str  []byte      // decoded string scratch
 	tmp  []byte      // member reordering scratch
 	skip []byte      // output of skipped values
+
+	// utf16 sorts object keys by their UTF-16 code units, as RFC 8785 (JCS)
+	// does, instead of by their UTF-8 bytes (protocol checksum v1). The two
+	// orders differ only between a character in U+E000..U+FFFF and one above
+	// U+FFFF (see jcsOrderDiffers).
+	utf16 bool
 }
 
 type objMember struct {
@@ -222,7 +228,7 @@ func (p *jsonParser) canonObject(dst []byte, depth int) ([]byte, error) {
 		kEnd := len(p.keys)
 		if n := len(p.mem); n > base && sorted {
 			prev := p.mem[n-1]
-			switch bytes.Compare(p.keys[prev.kStart:prev.kEnd], p.keys[kStart:kEnd]) {
+			switch p.compareKeys(p.keys[prev.kStart:prev.kEnd], p.keys[kStart:kEnd]) {
 			case 0:
 				return dst, &SyntaxError{Offset: keyPos, Msg: fmt.Sprintf("duplicate object key %q", p.keys[kStart:kEnd])}
 			case 1:
@@ -260,7 +266,7 @@ func (p *jsonParser) canonObject(dst []byte, depth int) ([]byte, error) {
 		members := p.mem[base:]
 		keys := p.keys
 		slices.SortFunc(members, func(a, b objMember) int {
-			return bytes.Compare(keys[a.kStart:a.kEnd], keys[b.kStart:b.kEnd])
+			return p.compareKeys(keys[a.kStart:a.kEnd], keys[b.kStart:b.kEnd])
 		})
 		for i := 1; i < len(members); i++ {
 			if bytes.Equal(keys[members[i-1].kStart:members[i-1].kEnd], keys[members[i].kStart:members[i].kEnd]) {
@@ -280,6 +286,65 @@ func (p *jsonParser) canonObject(dst []byte, depth int) ([]byte, error) {
 	p.mem = p.mem[:base]
 	p.keys = p.keys[:keyBase]
 	return append(dst, '}'), nil
+}
+
+// compareKeys orders two decoded object keys: bytewise, or by UTF-16 code
+// units when p.utf16 is set.
+func (p *jsonParser) compareKeys(a, b []byte) int {
+	if !p.utf16 {
+		return bytes.Compare(a, b)
+	}
+	return compareUTF16(a, b)
+}
+
+// compareUTF16 compares two valid UTF-8 strings by their UTF-16 code units
+// (RFC 8785 §3.2.3). It equals the bytewise (code point) order except that a
+// character in U+E000..U+FFFF sorts after every character above U+FFFF, whose
+// UTF-16 form starts with a surrogate (U+D800..U+DBFF).
+func compareUTF16(a, b []byte) int {
+	for len(a) > 0 && len(b) > 0 {
+		ra, na := utf8.DecodeRune(a)
+		rb, nb := utf8.DecodeRune(b)
+		if ra != rb {
+			if utf16Rank(ra) < utf16Rank(rb) {
+				return -1
+			}
+			return 1
+		}
+		a, b = a[na:], b[nb:]
+	}
+	switch {
+	case len(a) < len(b):
+		return -1
+	case len(a) > len(b):
+		return 1
+	}
+	return 0
+}
+
+// utf16Rank maps a code point to a number that sorts like its UTF-16 form.
+func utf16Rank(r rune) int {
+	if r >= 0xE000 && r <= 0xFFFF {
+		return int(r) + 0x200000
+	}
+	return int(r)
+}
+
+// jcsOrderDiffers reports whether raw JSON text could hold two object keys
+// that UTF-8 and UTF-16 order differently: it holds both a character in
+// U+E000..U+FFFF (lead byte 0xEE or 0xEF) and one above U+FFFF (0xF0..0xF4).
+func jcsOrderDiffers(raw []byte) bool {
+	high, astral := false, false
+	for _, c := range raw {
+		switch {
+		case c < 0xEE:
+		case c < 0xF0:
+			high = true
+		default:
+			astral = true
+		}
+	}
+	return high && astral
 }
 
 // canonString appends the canonical form of the string at the current position.

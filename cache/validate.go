@@ -61,7 +61,8 @@ type normalizer struct {
 	p    jsonParser
 	ar   arena
 	errs []error
-	buf  []byte // canonical encoding scratch
+	buf  []byte     // canonical encoding scratch
+	jcs  jsonParser // re-sorts raw fields for the v2 encoding (utf16 set)
 }
 
 var normalizers = sync.Pool{New: func() any { return new(normalizer) }}
@@ -75,6 +76,9 @@ func putNormalizer(n *normalizer) {
 	}
 	if cap(n.ar.buf) > 1<<20 || cap(n.p.tmp) > 1<<20 || cap(n.p.str) > 1<<20 || cap(n.p.skip) > 1<<20 {
 		n.ar.buf, n.p.tmp, n.p.str, n.p.skip = nil, nil, nil, nil
+	}
+	if cap(n.jcs.tmp) > 1<<20 || cap(n.jcs.str) > 1<<20 || cap(n.jcs.keys) > 1<<20 {
+		n.jcs = jsonParser{}
 	}
 	n.errs = n.errs[:0]
 	normalizers.Put(n)

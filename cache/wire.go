@@ -11,9 +11,10 @@ import (
 
 // Encode returns the wire document of the whole snapshot:
 //
-//	{"revision":N,"checksum":"<hex>","source":"database","count":N,"extensions":[<aggregate>,...]}
+//	{"revision":N,"checksum":"<hex>","checksum_v2":"<hex>","source":"database","count":N,"extensions":[<aggregate>,...]}
 //
-// with the extensions in ascending id order, each in canonical form (see Canonical).
+// with the extensions in ascending id order, each in canonical form (see
+// Canonical). It computes the v1 checksum (Checksum) if it is not known yet.
 func (s *Snapshot) Encode() ([]byte, error) {
 	if !utf8.ValidString(s.source) {
 		return nil, errors.New("cache: encode snapshot: source is not valid UTF-8")
@@ -23,31 +24,39 @@ func (s *Snapshot) Encode() ([]byte, error) {
 	buf = append(buf, `{"revision":`...)
 	buf = strconv.AppendInt(buf, s.revision, 10)
 	buf = append(buf, `,"checksum":"`...)
-	buf = append(buf, s.checksum...)
+	buf = append(buf, s.Checksum()...)
+	buf = append(buf, `","checksum_v2":"`...)
+	buf = append(buf, s.checksumV2...)
 	buf = append(buf, `","source":`...)
 	buf = appendQuoted(buf, s.source)
 	buf = append(buf, `,"count":`...)
-	buf = strconv.AppendInt(buf, int64(len(s.all)), 10)
+	buf = strconv.AppendInt(buf, int64(s.count), 10)
 	buf = append(buf, `,"extensions":[`...)
-	for i, e := range s.all {
+	i := 0
+	s.order.each(func(en entry) bool {
 		if i > 0 {
 			buf = append(buf, ',')
 		}
-		buf = appendAggregate(buf, e)
-		if i == 63 && len(s.all) > 128 {
-			need := (len(buf)/64 + 1) * (len(s.all) - 63) * 9 / 8
+		buf = appendAggregate(buf, en.e)
+		if i == 63 && s.count > 128 {
+			need := (len(buf)/64 + 1) * (s.count - 63) * 9 / 8
 			buf = slices.Grow(buf, need)
 		}
-	}
+		i++
+		return true
+	})
 	return append(buf, ']', '}'), nil
 }
 
 // Decode parses a wire document produced by Encode, validates every extension
-// and verifies that the recomputed checksum equals the document's (a mismatch
-// wraps ErrChecksum and gives both values). Unknown object keys are ignored;
-// a repeated field, duplicate keys inside config, metadata or routing_rules,
-// invalid UTF-8 and trailing data are errors. "revision",
-// "checksum" and "extensions" are required; "count", when present, must match.
+// and verifies the newest checksum the document carries against the content:
+// "checksum_v2" when present (then the v1 "checksum" is not verified, and
+// Checksum computes it from the content when asked), else "checksum" (a
+// mismatch wraps ErrChecksum and gives both values). Unknown object keys are
+// ignored; a repeated field, duplicate keys inside config, metadata or
+// routing_rules, invalid UTF-8 and trailing data are errors. "revision",
+// "extensions" and one of "checksum" and "checksum_v2" are required; "count",
+// when present, must match.
 func Decode(data []byte) (*Snapshot, error) {
 	s, err := decode(data)
 	if err != nil {
@@ -65,12 +74,12 @@ func decode(data []byte) (*Snapshot, error) {
 	}
 	var (
 		revision  int64
-		sum       string
+		sum, sum2 string
 		source    string
 		count     int64 = -1
 		items     []Extension
-		seen      [5]bool
-		fieldName = [5]string{"revision", "checksum", "source", "count", "extensions"}
+		seen      [6]bool
+		fieldName = [6]string{"revision", "checksum", "source", "count", "extensions", "checksum_v2"}
 	)
 	first := true
 	for {
@@ -93,6 +102,8 @@ func decode(data []byte) (*Snapshot, error) {
 			f = 3
 		case "extensions":
 			f = 4
+		case "checksum_v2":
+			f = 5
 		}
 		if f < 0 {
 			if err := p.skipValue(); err != nil {
@@ -113,6 +124,8 @@ func decode(data []byte) (*Snapshot, error) {
 			source, err = p.readString()
 		case 3:
 			count, err = p.readInt64()
+		case 5:
+			sum2, err = p.readString()
 		case 4:
 			var ok bool
 			if items, ok, err = d.extensionsParallel(data); err == nil && !ok {
@@ -126,16 +139,19 @@ func decode(data []byte) (*Snapshot, error) {
 	if err := p.end(); err != nil {
 		return nil, err
 	}
-	for _, f := range []int{0, 1, 4} {
+	for _, f := range []int{0, 4} {
 		if !seen[f] {
 			return nil, fmt.Errorf("missing key %q", fieldName[f])
 		}
+	}
+	if !seen[1] && !seen[5] {
+		return nil, fmt.Errorf("missing key %q", fieldName[1])
 	}
 	if seen[3] && count != int64(len(items)) {
 		return nil, fmt.Errorf("count is %d but the document has %d extensions", count, len(items))
 	}
 
-	hs := make([][32]byte, len(items))
+	entries := make([]entry, len(items))
 	errs := make([]error, len(items))
 	forChunks(len(items), func(lo, hi int) {
 		n := getNormalizer()
@@ -145,18 +161,25 @@ func decode(data []byte) (*Snapshot, error) {
 				errs[i] = err
 				continue
 			}
-			hs[i] = n.hash(&items[i])
+			entries[i].e = &items[i]
+			entries[i].h, entries[i].h1 = n.hashes(&items[i])
 		}
 	})
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	s, err := build(revision, source, items, hs)
+	s, err := build(revision, source, entries)
 	if err != nil {
 		return nil, err
 	}
-	if s.checksum != sum {
-		return nil, fmt.Errorf("%w: document says %q, recomputed %q", ErrChecksum, sum, s.checksum)
+	if seen[5] {
+		if s.checksumV2 != sum2 {
+			return nil, fmt.Errorf("%w: document says checksum_v2 %q, recomputed %q", ErrChecksum, sum2, s.checksumV2)
+		}
+		return s, nil
+	}
+	if got := s.Checksum(); got != sum {
+		return nil, fmt.Errorf("%w: document says %q, recomputed %q", ErrChecksum, sum, got)
 	}
 	return s, nil
 }

@@ -16,7 +16,7 @@ func TestEncodeWorkedExample(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := `{"revision":7,"checksum":"` + workedChecksum + `","source":"fixtures","count":2,"extensions":[` + workedAlpha + `,` + workedBeta + `]}`
+	want := `{"revision":7,"checksum":"` + workedChecksum + `","checksum_v2":"` + workedChecksumV2 + `","source":"fixtures","count":2,"extensions":[` + workedAlpha + `,` + workedBeta + `]}`
 	if string(got) != want {
 		t.Errorf("Encode\n got %s\nwant %s", got, want)
 	}
@@ -110,12 +110,15 @@ func TestDecodeErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	replace := func(old, new string) []byte {
-		if !bytes.Contains(good, []byte(old)) {
+	replaceIn := func(doc []byte, old, new string) []byte {
+		if !bytes.Contains(doc, []byte(old)) {
 			t.Fatalf("fixture lacks %s", old)
 		}
-		return bytes.Replace(good, []byte(old), []byte(new), 1)
+		return bytes.Replace(doc, []byte(old), []byte(new), 1)
 	}
+	replace := func(old, new string) []byte { return replaceIn(good, old, new) }
+	// A document of a syncer that does not write checksum_v2: the v1 checksum is verified.
+	goodV1 := replace(`"checksum_v2":"`+workedChecksumV2+`",`, ``)
 	zeros := strings.Repeat("0", 64)
 	for _, tc := range []struct {
 		name   string
@@ -123,16 +126,19 @@ func TestDecodeErrors(t *testing.T) {
 		want   string
 		target error
 	}{
-		{"wrong checksum", replace(workedChecksum, zeros),
+		{"wrong checksum", replaceIn(goodV1, workedChecksum, zeros),
 			`cache: decode snapshot: cache: checksum mismatch: document says "` + zeros + `", recomputed "` + workedChecksum + `"`, ErrChecksum},
+		{"wrong checksum_v2", replace(workedChecksumV2, zeros),
+			`cache: decode snapshot: cache: checksum mismatch: document says checksum_v2 "` + zeros + `", recomputed "` + workedChecksumV2 + `"`, ErrChecksum},
 		{"content changed", replace(`"timeout_ms":200`, `"timeout_ms":201`), `checksum mismatch`, ErrChecksum},
+		{"content changed, v1", replaceIn(goodV1, `"timeout_ms":200`, `"timeout_ms":201`), `checksum mismatch`, ErrChecksum},
 		{"invalid extension", replace(`"timeout_ms":100`, `"timeout_ms":7`), `extension "alpha": timeout_ms must be between 10 and 5000 (got 7)`, ErrInvalid},
 		{"invalid version", replace(`"timeout_ms":200`, `"timeout_ms":7`), `extension "alpha": versions[v2].timeout_ms must be between 10 and 5000 (got 7)`, ErrInvalid},
 		{"invalid config", replace(`"config":{},"enabled":false`, `"config":[],"enabled":false`), `extension "beta": config must be a JSON object (got array)`, ErrInvalid},
 		{"invalid rules", replace(`{"tenant":["t1","t2"]}`, `{"tenant":[1]}`), `versions[v2].routing_rules must be a JSON object whose values are strings or arrays of strings`, ErrInvalid},
 		{"duplicate id", replace(`"id":"beta"`, `"id":"alpha"`), `extension "alpha": id must be unique`, ErrInvalid},
 		{"count mismatch", replace(`"count":2`, `"count":3`), `count is 3 but the document has 2 extensions`, nil},
-		{"missing checksum", replace(`"checksum":"`+workedChecksum+`",`, ``), `missing key "checksum"`, nil},
+		{"missing checksum", replaceIn(goodV1, `"checksum":"`+workedChecksum+`",`, ``), `missing key "checksum"`, nil},
 		{"duplicate key", replace(`"count":2`, `"count":2,"count":2`), `duplicate key "count"`, nil},
 		{"duplicate extension key", replace(`"id":"beta"`, `"id":"beta","id":"beta"`), `extensions: [1]: duplicate key "id"`, nil},
 		{"duplicate config key", replace(`"note":"tab\there"`, `"note":"a","note":"b"`), `duplicate object key "note"`, nil},

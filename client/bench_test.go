@@ -85,22 +85,23 @@ func BenchmarkByType(b *testing.B) {
 // BenchmarkApplyDelta measures the live path of a one-row delta: signature
 // verification (verify) or not (noverify, the same path after it), decode,
 // Apply, checksum and count verification, install (encoding and signing the
-// message are excluded).
+// message are excluded). The deltas carry both checksums, as the syncer writes them;
+// v1only is a delta of a syncer that predates checksum v2 (verified with v1: O(n)).
 func BenchmarkApplyDelta(b *testing.B) {
 	signer, _, err := protocol.GenerateSigner()
 	if err != nil {
 		b.Fatal(err)
 	}
-	for _, n := range []int{10_000, 100_000} {
-		for _, verify := range []bool{true, false} {
-			b.Run(fmt.Sprintf("%d/%s", n, map[bool]string{true: "verify", false: "noverify"}[verify]), func(b *testing.B) {
-				benchApplyDelta(b, n, signer, verify)
+	for _, n := range []int{1_000, 10_000, 100_000} {
+		for _, mode := range []string{"verify", "noverify", "v1only"} {
+			b.Run(fmt.Sprintf("%d/%s", n, mode), func(b *testing.B) {
+				benchApplyDelta(b, n, signer, mode != "noverify", mode == "v1only")
 			})
 		}
 	}
 }
 
-func benchApplyDelta(b *testing.B, n int, signer *protocol.Signer, verify bool) {
+func benchApplyDelta(b *testing.B, n int, signer *protocol.Signer, verify, v1only bool) {
 	c := benchClient(b, n)
 	trust, err := protocol.NewTrust(signer.PublicKey())
 	if err != nil {
@@ -111,7 +112,7 @@ func benchApplyDelta(b *testing.B, n int, signer *protocol.Signer, verify bool) 
 	base := c.Snapshot()
 	e, _ := base.Get("ext.000042")
 	var changes [2][]cache.Change
-	var sums [2]string
+	var sums, sums2 [2]string
 	for k, timeout := range []int{111, 222} {
 		cp := *e
 		cp.TimeoutMS = timeout
@@ -124,7 +125,10 @@ func benchApplyDelta(b *testing.B, n int, signer *protocol.Signer, verify bool) 
 		if err != nil {
 			b.Fatal(err)
 		}
-		sums[k] = next.Checksum()
+		sums[k], sums2[k] = next.Checksum(), next.ChecksumV2()
+		if v1only {
+			sums2[k] = ""
+		}
 	}
 	ctx := context.Background()
 	live := c.names.Live()
@@ -133,7 +137,7 @@ func benchApplyDelta(b *testing.B, n int, signer *protocol.Signer, verify bool) 
 	for b.Loop() {
 		b.StopTimer()
 		k := rev & 1
-		d := &protocol.Delta{Revision: rev + 1, PrevRevision: rev, Checksum: sums[k], Count: n,
+		d := &protocol.Delta{Revision: rev + 1, PrevRevision: rev, Checksum: sums[k], ChecksumV2: sums2[k], Count: n,
 			Source: protocol.SourceDatabase, CommittedAt: time.Now(), Changes: changes[k]}
 		data, err := publisher.EncodeDelta(d)
 		if err != nil {

@@ -441,6 +441,13 @@ func TestCorruptLiveMessageRejected(t *testing.T) {
 // manifest claims the given revision and checksum.
 func writeRawSnapshot(t *testing.T, src *source, rev int64, sum string, doc []byte) {
 	t.Helper()
+	writeRawSnapshotWith(t, src, rev, doc, func(m *protocol.Manifest) { m.Checksum = sum })
+}
+
+// writeRawSnapshotWith stores doc as a one-chunk snapshot of revision rev, with the
+// manifest edit gives.
+func writeRawSnapshotWith(t *testing.T, src *source, rev int64, doc []byte, edit func(*protocol.Manifest)) {
+	t.Helper()
 	n := src.names()
 	m := nats.NewMsg(n.ChunkSubject(rev))
 	m.Data = doc
@@ -449,8 +456,10 @@ func writeRawSnapshot(t *testing.T, src *source, rev int64, sum string, doc []by
 	if err != nil {
 		t.Fatal(err)
 	}
-	src.storeManifest(&protocol.Manifest{Revision: rev, Checksum: sum, Source: protocol.SourceDatabase, Count: 10,
-		Size: len(doc), Sequences: []uint64{ack.Sequence}, CreatedAt: time.Now()})
+	man := &protocol.Manifest{Revision: rev, Source: protocol.SourceDatabase, Count: 10,
+		Size: len(doc), Sequences: []uint64{ack.Sequence}, CreatedAt: time.Now()}
+	edit(man)
+	src.storeManifest(man)
 }
 
 func otherChecksum(s string) string {

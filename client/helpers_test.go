@@ -34,6 +34,9 @@ type source struct {
 
 	mu   sync.Mutex
 	snap *cache.Snapshot
+	// v1only makes the source a syncer that predates checksum v2: its deltas and
+	// heartbeats carry the v1 checksum only.
+	v1only bool
 }
 
 // newSource creates the streams and writes a snapshot of n synthetic
@@ -97,6 +100,9 @@ func (s *source) nextAtLocked(rev int64, changes []cache.Change) (*protocol.Delt
 	}
 	d := &protocol.Delta{Revision: rev, PrevRevision: s.snap.Revision(), Checksum: next.Checksum(), Count: next.Len(),
 		Source: protocol.SourceDatabase, CommittedAt: time.Now().UTC(), Changes: changes}
+	if !s.v1only {
+		d.ChecksumV2 = next.ChecksumV2()
+	}
 	data, err := publisher.EncodeDelta(d)
 	if err != nil {
 		s.tb.Errorf("encode delta: %v", err)
@@ -197,8 +203,14 @@ func (s *source) writeSnapshot() {
 func (s *source) heartbeat() {
 	s.tb.Helper()
 	st := s.state()
-	if err := s.pub.Heartbeat(&protocol.Heartbeat{Revision: st.Revision(), Checksum: st.Checksum(), Source: st.Source(),
-		Time: time.Now().UTC(), IntervalMS: 2000, Syncer: "test"}); err != nil {
+	hb := &protocol.Heartbeat{Revision: st.Revision(), Checksum: st.Checksum(), Source: st.Source(),
+		Time: time.Now().UTC(), IntervalMS: 2000, Syncer: "test"}
+	s.mu.Lock()
+	if !s.v1only {
+		hb.ChecksumV2 = st.ChecksumV2()
+	}
+	s.mu.Unlock()
+	if err := s.pub.Heartbeat(hb); err != nil {
 		s.tb.Errorf("heartbeat: %v", err)
 	}
 }

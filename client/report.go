@@ -107,7 +107,7 @@ func (c *Client) stateNow(now time.Time) (string, time.Time) {
 }
 
 // reportFeatures are the protocol features this client implements (Report.Features).
-var reportFeatures = []string{protocol.FeatureAutoDisabled}
+var reportFeatures = []string{protocol.FeatureAutoDisabled, protocol.FeatureChecksumV2}
 
 // buildReport is the report to send now.
 func (c *Client) buildReport(now time.Time) *protocol.Report {
@@ -115,7 +115,8 @@ func (c *Client) buildReport(now time.Time) *protocol.Report {
 	rep := &protocol.Report{RouterID: c.cfg.RouterID, State: st, StateSince: since, Time: now.UTC(),
 		IntervalMS: c.cfg.ReportInterval.Milliseconds(), Features: reportFeatures}
 	if s := c.snap.Load(); s != nil {
-		rep.Revision, rep.Checksum, rep.Source = s.Revision(), s.Checksum(), s.Source()
+		// The v1 checksum only when known: computing it costs O(registry) per revision.
+		rep.Revision, rep.Checksum, rep.ChecksumV2, rep.Source = s.Revision(), s.KnownChecksum(), s.ChecksumV2(), s.Source()
 	}
 	c.report.mu.Lock()
 	if r := c.report.lastRejection; r != nil {

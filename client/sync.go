@@ -20,12 +20,12 @@ import (
 // client retries, with backoff, to reach it from the stored deltas and the
 // stored snapshot; live deltas that extend the served revision still apply.
 type goal struct {
-	target   int64  // revision to reach
-	checksum string // content expected at target ("": any verified content)
-	hard     bool   // deltas cannot extend the served content to the target (missing, resync, drift): read a snapshot first
-	probe    bool   // also catch up with the stream's newest delta (the target is unknown)
-	reason   string
-	since    time.Time // when the goal was first recorded
+	target  int64            // revision to reach
+	content protocol.Content // content expected at target (zero: any verified content)
+	hard    bool             // deltas cannot extend the served content to the target (missing, resync, drift): read a snapshot first
+	probe   bool             // also catch up with the stream's newest delta (the target is unknown)
+	reason  string
+	since   time.Time // when the goal was first recorded
 }
 
 // loopState belongs to the run goroutine.
@@ -180,12 +180,12 @@ func (c *Client) handleVerifiedDelta(ctx context.Context, m *nats.Msg) {
 	cur := c.snap.Load()
 	switch {
 	case c.isFallback(cur):
-		c.want(ctx, goal{target: d.Revision, checksum: d.Checksum, reason: "replace the fallback"})
+		c.want(ctx, goal{target: d.Revision, content: d.Content(), reason: "replace the fallback"})
 		c.hurry() // the registry is there: read its snapshot soon
 	case d.Revision <= cur.Revision():
 		c.log.DebugContext(ctx, "client: delta already applied", slog.Int64("revision", d.Revision), slog.Int64("served", cur.Revision()))
 	case d.Resync:
-		c.want(ctx, goal{target: d.Revision, checksum: d.Checksum, hard: true, reason: "resync delta"})
+		c.want(ctx, goal{target: d.Revision, content: d.Content(), hard: true, reason: "resync delta"})
 	case d.PrevRevision == cur.Revision():
 		// Applied even while a goal is pending: the result is verified against the
 		// signed checksum, so a verified result is the registry's content.
@@ -194,7 +194,7 @@ func (c *Client) handleVerifiedDelta(ctx context.Context, m *nats.Msg) {
 				// The served content is already known to need a snapshot (drift, a
 				// resync delta): the delta failing on top of it is expected.
 				c.log.DebugContext(ctx, "client: live delta does not apply while a snapshot is awaited", slog.Any("error", err))
-				c.want(ctx, goal{target: d.Revision, checksum: d.Checksum, hard: true, reason: "gap"})
+				c.want(ctx, goal{target: d.Revision, content: d.Content(), hard: true, reason: "gap"})
 				return
 			}
 			c.reject(ctx, err)
@@ -205,7 +205,7 @@ func (c *Client) handleVerifiedDelta(ctx context.Context, m *nats.Msg) {
 			c.reached(ctx)
 		}
 	default:
-		c.want(ctx, goal{target: d.Revision, checksum: d.Checksum, reason: "gap"})
+		c.want(ctx, goal{target: d.Revision, content: d.Content(), reason: "gap"})
 	}
 }
 
@@ -225,14 +225,14 @@ func (c *Client) handleHeartbeat(ctx context.Context, m *nats.Msg) {
 	cur := c.snap.Load()
 	switch {
 	case c.isFallback(cur):
-		c.want(ctx, goal{target: h.Revision, checksum: h.Checksum, reason: "replace the fallback"})
+		c.want(ctx, goal{target: h.Revision, content: h.Content(), reason: "replace the fallback"})
 		c.hurry()
 	case h.Revision > cur.Revision():
-		c.want(ctx, goal{target: h.Revision, checksum: h.Checksum, reason: "heartbeat ahead"})
+		c.want(ctx, goal{target: h.Revision, content: h.Content(), reason: "heartbeat ahead"})
 	case h.Revision < cur.Revision():
 		// An older syncer, or a heartbeat sent before the last delta: nothing to learn.
-	case h.Checksum != "" && h.Checksum != cur.Checksum():
-		c.want(ctx, goal{target: h.Revision, checksum: h.Checksum, hard: true, reason: "drift"})
+	case !h.Content().Matches(cur):
+		c.want(ctx, goal{target: h.Revision, content: h.Content(), hard: true, reason: "drift"})
 	default:
 		// The syncer confirms the served state (no resync token is returned:
 		// confirmations alternating with news of a gap do not make resyncs more
@@ -266,8 +266,8 @@ func (c *Client) checkDropped(ctx context.Context) {
 // on at once; a pending one is retried soon.
 func (c *Client) want(ctx context.Context, g goal) {
 	if n := c.loop.need; n != nil {
-		if g.target > n.target || (g.target == n.target && g.checksum != "") {
-			n.target, n.checksum = g.target, g.checksum
+		if g.target > n.target || (g.target == n.target && !g.content.IsZero()) {
+			n.target, n.content = g.target, g.content
 		}
 		n.hard = n.hard || g.hard
 		n.probe = n.probe || g.probe
@@ -321,7 +321,7 @@ func (c *Client) satisfied(g *goal) bool {
 		return false
 	}
 	return cur.Revision() > g.target ||
-		(cur.Revision() == g.target && (g.checksum == "" || g.checksum == cur.Checksum()))
+		(cur.Revision() == g.target && (g.content.IsZero() || g.content.Matches(cur)))
 }
 
 // resync makes one attempt at the pending goal and schedules the next one if
@@ -433,7 +433,7 @@ func (c *Client) catchUp(ctx context.Context, g *goal) error {
 	target := g.target
 	if tip != nil && tip.Revision > target {
 		target = tip.Revision
-		g.target, g.checksum = tip.Revision, tip.Checksum
+		g.target, g.content = tip.Revision, tip.Content()
 	}
 	if target <= cur.Revision() {
 		g.probe = false
@@ -535,7 +535,7 @@ func (c *Client) fromSnapshot(ctx context.Context, g *goal) (bool, error) {
 		}
 		return false, fmt.Errorf("read the snapshot manifest: %w", err)
 	}
-	if !c.replaces(cur, m.Revision, m.Checksum) {
+	if !c.replaces(cur, m.Revision, m.Content()) {
 		return false, nil
 	}
 	if maxSize := int64(len(m.Sequences)) * c.nc.MaxPayload(); int64(m.Size) > maxSize {
@@ -545,7 +545,7 @@ func (c *Client) fromSnapshot(ctx context.Context, g *goal) (bool, error) {
 		c.rejectStored(ctx, err)
 		return false, err
 	}
-	key := fmt.Sprint(m.Revision, m.Checksum, m.Sequences)
+	key := fmt.Sprint(m.Revision, m.Checksum, m.ChecksumV2, m.SHA256, m.Sequences)
 	if key == c.loop.badSnapshot {
 		return false, fmt.Errorf("the stored snapshot %d was rejected; waiting for a new one", m.Revision)
 	}
@@ -568,12 +568,12 @@ func (c *Client) fromSnapshot(ctx context.Context, g *goal) (bool, error) {
 			}
 			return false, fmt.Errorf("read the snapshot: %w", err)
 		}
-		if !c.replaces(cur, snap.Revision(), snap.Checksum()) {
+		if !c.replaces(cur, snap.Revision(), protocol.Content{ChecksumV2: snap.ChecksumV2()}) { // both computed from content
 			return false, nil
 		}
 		c.install(cur, snap, cur.Diff(snap))
 		c.log.InfoContext(ctx, "client: snapshot installed", slog.Int64("revision", snap.Revision()),
-			slog.String("checksum", snap.Checksum()), slog.Int("extensions", snap.Len()),
+			slog.String("checksum_v2", snap.ChecksumV2()), slog.Int("extensions", snap.Len()),
 			slog.String("source", snap.Source()), slog.String("reason", g.reason))
 		return true, nil
 	}
@@ -605,9 +605,10 @@ func (c *Client) establishTrust(ctx context.Context) error {
 	return nil
 }
 
-// replaces reports whether a stored snapshot may replace cur.
-func (c *Client) replaces(cur *cache.Snapshot, rev int64, sum string) bool {
-	return cur == nil || c.isFallback(cur) || rev > cur.Revision() || (rev == cur.Revision() && sum != cur.Checksum())
+// replaces reports whether a stored snapshot of revision rev and content sum may
+// replace cur.
+func (c *Client) replaces(cur *cache.Snapshot, rev int64, sum protocol.Content) bool {
+	return cur == nil || c.isFallback(cur) || rev > cur.Revision() || (rev == cur.Revision() && !sum.Matches(cur))
 }
 
 // applyDelta applies d to the served snapshot, verifies the result against the
@@ -618,9 +619,14 @@ func (c *Client) applyDelta(d *protocol.Delta, from string) error {
 	if err != nil {
 		return fmt.Errorf("%w: %s delta %d: %w", ErrRejected, from, d.Revision, err)
 	}
-	if next.Checksum() != d.Checksum || next.Len() != d.Count {
-		return fmt.Errorf("%w: %s delta %d: applied to revision %d it gives checksum %s and %d extensions; the delta says %s and %d",
-			ErrRejected, from, d.Revision, cur.Revision(), next.Checksum(), next.Len(), d.Checksum, d.Count)
+	// The newest checksum the delta carries: v2 costs O(changes), v1 O(registry).
+	if want := d.Content(); !want.Matches(next) || next.Len() != d.Count {
+		got := protocol.Content{Checksum: next.KnownChecksum()}
+		if want.ChecksumV2 != "" {
+			got = protocol.Content{ChecksumV2: next.ChecksumV2()}
+		}
+		return fmt.Errorf("%w: %s delta %d: applied to revision %d it gives %s and %d extensions; the delta says %s and %d",
+			ErrRejected, from, d.Revision, cur.Revision(), got, next.Len(), want, d.Count)
 	}
 	c.install(cur, next, changed)
 	c.applied.Add(1)

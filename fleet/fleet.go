@@ -178,7 +178,7 @@ func (f *Fleet) Routers(now time.Time) []protocol.RouterStatus {
 			delete(f.routers, id)
 			continue
 		}
-		st := protocol.RouterStatus{RouterID: id, Revision: e.rep.Revision, Checksum: e.rep.Checksum,
+		st := protocol.RouterStatus{RouterID: id, Revision: e.rep.Revision, Checksum: e.rep.Checksum, ChecksumV2: e.rep.ChecksumV2,
 			State: e.rep.State, StateSince: e.rep.StateSince, LastReport: e.received,
 			StalenessS: silent.Seconds(), Lag: max(0, f.published-e.rep.Revision), LastRejection: e.rep.LastRejection}
 		if e.gone(now) {

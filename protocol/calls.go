@@ -13,6 +13,9 @@ const (
 	// auto_disabled field (§3.1, §4) and honours it (probe calls only). The syncer's
 	// automatic disable waits until every live router lists it.
 	FeatureAutoDisabled = "auto_disabled"
+	// FeatureChecksumV2: the router verifies checksum v2 (PROTOCOL.md §4) whenever a
+	// message carries it, and the manifest's document digest with it.
+	FeatureChecksumV2 = "checksum_v2"
 )
 
 // Call outcomes of the invocation contract, as counted in a report's calls.

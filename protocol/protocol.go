@@ -27,6 +27,7 @@ const (
 	HeaderRevision     = "Registry-Revision"
 	HeaderPrevRevision = "Registry-Prev-Revision"
 	HeaderChecksum     = "Registry-Checksum"
+	HeaderChecksumV2   = "Registry-Checksum-V2"
 	HeaderSource       = "Registry-Source"
 	HeaderCommittedAt  = "Registry-Committed-At"
 	HeaderChunk        = "Registry-Chunk" // on snapshot chunks: "<index>/<count>"
@@ -144,12 +145,15 @@ func (n Names) MsgID(rev int64) string { return n.Prefix + ":delta:" + strconv.F
 
 // Delta is one revision: every change of one committed transaction.
 type Delta struct {
-	Revision     int64     `json:"revision"`
-	PrevRevision int64     `json:"prev_revision"`
-	Checksum     string    `json:"checksum"` // of the snapshot after applying this delta
-	Count        int       `json:"count"`    // extensions after applying this delta
-	Source       string    `json:"source"`
-	CommittedAt  time.Time `json:"committed_at"`
+	Revision     int64  `json:"revision"`
+	PrevRevision int64  `json:"prev_revision"`
+	Checksum     string `json:"checksum"` // of the snapshot after applying this delta (v1)
+	// ChecksumV2 is the v2 checksum of the snapshot after applying this delta (PROTOCOL.md
+	// §4); empty from syncers that predate it.
+	ChecksumV2  string    `json:"checksum_v2,omitempty"`
+	Count       int       `json:"count"` // extensions after applying this delta
+	Source      string    `json:"source"`
+	CommittedAt time.Time `json:"committed_at"`
 	// RegistryID names the registry database the revision was committed in (with
 	// CommittedAt, the revision's identity: see PROTOCOL.md "Timelines"). Empty for the
 	// fixtures source.
@@ -176,6 +180,8 @@ func (d *Delta) Validate() error {
 		return invalid("delta %d: prev_revision must be in [0, %d) (got %d)", d.Revision, d.Revision, d.PrevRevision)
 	case !checksumPattern.MatchString(d.Checksum):
 		return invalid("delta %d: checksum must be 64 lowercase hex digits (got %q)", d.Revision, d.Checksum)
+	case d.ChecksumV2 != "" && !checksumPattern.MatchString(d.ChecksumV2):
+		return invalid("delta %d: checksum_v2 must be 64 lowercase hex digits (got %q)", d.Revision, d.ChecksumV2)
 	case d.Count < 0:
 		return invalid("delta %d: count must not be negative", d.Revision)
 	case d.Source == "":
@@ -217,6 +223,9 @@ func (d *Delta) Msg(subject string, data []byte) *nats.Msg {
 	m.Header.Set(HeaderRevision, strconv.FormatInt(d.Revision, 10))
 	m.Header.Set(HeaderPrevRevision, strconv.FormatInt(d.PrevRevision, 10))
 	m.Header.Set(HeaderChecksum, d.Checksum)
+	if d.ChecksumV2 != "" {
+		m.Header.Set(HeaderChecksumV2, d.ChecksumV2)
+	}
 	m.Header.Set(HeaderSource, d.Source)
 	m.Header.Set(HeaderCommittedAt, d.CommittedAt.UTC().Format(time.RFC3339Nano))
 	return m
@@ -231,13 +240,18 @@ const (
 // Manifest describes the stored snapshot: which chunk messages to fetch and what their
 // concatenation must hash to.
 type Manifest struct {
-	Revision  int64     `json:"revision"`
-	Checksum  string    `json:"checksum"`
-	Source    string    `json:"source"`
-	Count     int       `json:"count"`
-	Size      int       `json:"size"`      // bytes of the snapshot document
-	Sequences []uint64  `json:"sequences"` // stream sequences of the chunks, in order
-	CreatedAt time.Time `json:"created_at"`
+	Revision int64  `json:"revision"`
+	Checksum string `json:"checksum"`
+	// ChecksumV2 is the snapshot's v2 checksum and SHA256 the SHA-256 of the snapshot
+	// document (the concatenated chunks), in lowercase hex (PROTOCOL.md §3.5, §4); both
+	// empty from syncers that predate them.
+	ChecksumV2 string    `json:"checksum_v2,omitempty"`
+	SHA256     string    `json:"sha256,omitempty"`
+	Source     string    `json:"source"`
+	Count      int       `json:"count"`
+	Size       int       `json:"size"`      // bytes of the snapshot document
+	Sequences  []uint64  `json:"sequences"` // stream sequences of the chunks, in order
+	CreatedAt  time.Time `json:"created_at"`
 	// RegistryID and CommittedAt identify the revision in the registry database it came
 	// from (absent for the fixtures source).
 	RegistryID  string     `json:"registry_id,omitempty"`
@@ -251,6 +265,10 @@ func (m *Manifest) Validate() error {
 		return invalid("manifest revision must not be negative")
 	case !checksumPattern.MatchString(m.Checksum):
 		return invalid("manifest %d: bad checksum %q", m.Revision, m.Checksum)
+	case m.ChecksumV2 != "" && !checksumPattern.MatchString(m.ChecksumV2):
+		return invalid("manifest %d: bad checksum_v2 %q", m.Revision, m.ChecksumV2)
+	case m.SHA256 != "" && !checksumPattern.MatchString(m.SHA256):
+		return invalid("manifest %d: bad sha256 %q", m.Revision, m.SHA256)
 	case len(m.Sequences) == 0:
 		return invalid("manifest %d: no chunks", m.Revision)
 	case m.Size <= 0:
@@ -269,8 +287,11 @@ func (m *Manifest) Validate() error {
 
 // Heartbeat is published on Names.Heartbeat every interval by the leading syncer.
 type Heartbeat struct {
-	Revision   int64     `json:"revision"`
-	Checksum   string    `json:"checksum"`
+	Revision int64  `json:"revision"`
+	Checksum string `json:"checksum"`
+	// ChecksumV2 is the v2 checksum of the published revision; empty from syncers that
+	// predate it.
+	ChecksumV2 string    `json:"checksum_v2,omitempty"`
 	Source     string    `json:"source"`
 	Time       time.Time `json:"time"`
 	IntervalMS int64     `json:"interval_ms"`
@@ -283,8 +304,68 @@ func DecodeHeartbeat(data []byte) (*Heartbeat, error) {
 	if err := json.Unmarshal(data, &h); err != nil {
 		return nil, invalid("decode heartbeat: %v", err)
 	}
-	if h.Revision < 0 || !checksumPattern.MatchString(h.Checksum) || h.IntervalMS <= 0 {
-		return nil, invalid("heartbeat: revision %d, checksum %q, interval_ms %d", h.Revision, h.Checksum, h.IntervalMS)
+	if h.Revision < 0 || !checksumPattern.MatchString(h.Checksum) || h.IntervalMS <= 0 ||
+		(h.ChecksumV2 != "" && !checksumPattern.MatchString(h.ChecksumV2)) {
+		return nil, invalid("heartbeat: revision %d, checksum %q, checksum_v2 %q, interval_ms %d", h.Revision, h.Checksum, h.ChecksumV2, h.IntervalMS)
 	}
 	return &h, nil
+}
+
+// Content is what a message says about the content of a revision: its v1 checksum and,
+// from syncers that speak checksum v2, its v2 checksum.
+type Content struct {
+	Checksum, ChecksumV2 string
+}
+
+// Content of the snapshot after the delta.
+func (d *Delta) Content() Content { return Content{d.Checksum, d.ChecksumV2} }
+
+// Content of the published revision.
+func (h *Heartbeat) Content() Content { return Content{h.Checksum, h.ChecksumV2} }
+
+// Content of the stored snapshot.
+func (m *Manifest) Content() Content { return Content{m.Checksum, m.ChecksumV2} }
+
+// ContentOf is what snap holds, as far as it is known without an O(n) computation: the v2
+// checksum, and the v1 checksum when it has been computed.
+func ContentOf(snap *cache.Snapshot) Content {
+	return Content{snap.KnownChecksum(), snap.ChecksumV2()}
+}
+
+// IsZero reports whether c names no content ("any verified content").
+func (c Content) IsZero() bool { return c.Checksum == "" && c.ChecksumV2 == "" }
+
+// Matches reports whether snap holds the content c announces, comparing the newest
+// checksum c carries (PROTOCOL.md §4 "Versions"): v2 when present, else v1 (computing
+// snap's v1 checksum if it is not known yet, O(n)).
+func (c Content) Matches(snap *cache.Snapshot) bool {
+	if c.ChecksumV2 != "" {
+		return c.ChecksumV2 == snap.ChecksumV2()
+	}
+	return c.Checksum == snap.Checksum()
+}
+
+// Same reports whether c and o announce the same content, comparing the newest checksum
+// both carry; content with no checksum in common is not the same.
+func (c Content) Same(o Content) bool {
+	if c.ChecksumV2 != "" && o.ChecksumV2 != "" {
+		return c.ChecksumV2 == o.ChecksumV2
+	}
+	return c.Checksum != "" && c.Checksum == o.Checksum
+}
+
+// String names the checksum Matches compares.
+func (c Content) String() string {
+	if c.ChecksumV2 != "" {
+		return "checksum_v2 " + c.ChecksumV2
+	}
+	return "checksum " + c.Checksum
+}
+
+// pick returns c as the checksum that want compares, for messages.
+func (c Content) pick(want Content) string {
+	if want.ChecksumV2 != "" {
+		return "checksum_v2 " + c.ChecksumV2
+	}
+	return "checksum " + c.Checksum
 }

@@ -3,6 +3,8 @@ package protocol
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -173,13 +175,25 @@ func (r *Reader) Snapshot(ctx context.Context) (*cache.Snapshot, *Manifest, erro
 	if buf.Len() != m.Size {
 		return nil, nil, invalid("snapshot %d: %d bytes read, manifest says %d", m.Revision, buf.Len(), m.Size)
 	}
+	// Checksum v2 is not collision resistant: it authenticates the chunks only together
+	// with the manifest's digest of the document (PROTOCOL.md §4 "Why a sum").
+	v2 := m.ChecksumV2 != "" && m.SHA256 != ""
+	if v2 {
+		if sum := sha256.Sum256(buf.Bytes()); hex.EncodeToString(sum[:]) != m.SHA256 {
+			return nil, nil, invalid("snapshot %d: the document's SHA-256 is %x, its manifest says %s", m.Revision, sum, m.SHA256)
+		}
+	}
 	snap, err := cache.Decode(buf.Bytes())
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: snapshot %d: %w", ErrInvalid, m.Revision, err)
 	}
-	if snap.Revision() != m.Revision || snap.Checksum() != m.Checksum || snap.Len() != m.Count || snap.Source() != m.Source {
-		return nil, nil, invalid("snapshot document (revision %d, checksum %s, count %d, source %s) does not match its manifest (revision %d, checksum %s, count %d, source %s)",
-			snap.Revision(), snap.Checksum(), snap.Len(), snap.Source(), m.Revision, m.Checksum, m.Count, m.Source)
+	claim := Content{Checksum: m.Checksum}
+	if v2 {
+		claim.ChecksumV2 = m.ChecksumV2
+	}
+	if snap.Revision() != m.Revision || !claim.Matches(snap) || snap.Len() != m.Count || snap.Source() != m.Source {
+		return nil, nil, invalid("snapshot document (revision %d, %s, count %d, source %s) does not match its manifest (revision %d, %s, count %d, source %s)",
+			snap.Revision(), ContentOf(snap).pick(claim), snap.Len(), snap.Source(), m.Revision, claim, m.Count, m.Source)
 	}
 	return snap, m, nil
 }

@@ -17,9 +17,12 @@ const (
 // Report is what a router publishes on Names.Report(router_id) when it applies a revision
 // (coalesced) and every interval_ms (PROTOCOL.md §3.7).
 type Report struct {
-	RouterID   string    `json:"router_id"`
-	Revision   int64     `json:"revision"`
+	RouterID string `json:"router_id"`
+	Revision int64  `json:"revision"`
+	// Checksum is the served content's v1 checksum; a router that verifies checksum v2
+	// may leave it empty (computing v1 costs O(registry) per revision).
 	Checksum   string    `json:"checksum"`
+	ChecksumV2 string    `json:"checksum_v2,omitempty"` // the served content's v2 checksum
 	Source     string    `json:"source,omitempty"`
 	State      string    `json:"state"`
 	StateSince time.Time `json:"state_since"`
@@ -104,6 +107,8 @@ type FleetStatus struct {
 	DatabaseRevision  int64     `json:"database_revision"`
 	PublishedRevision int64     `json:"published_revision"`
 	PublishedChecksum string    `json:"published_checksum"`
+	// PublishedChecksumV2 is the published revision's v2 checksum.
+	PublishedChecksumV2 string `json:"published_checksum_v2,omitempty"`
 	// Withheld lists the extensions the leader does not publish because the database holds
 	// a version of them the router side refuses (routers keep their last valid content).
 	Withheld []WithheldExtension `json:"withheld,omitempty"`
@@ -122,6 +127,7 @@ type RouterStatus struct {
 	RouterID      string     `json:"router_id"`
 	Revision      int64      `json:"revision"`
 	Checksum      string     `json:"checksum"`
+	ChecksumV2    string     `json:"checksum_v2,omitempty"`
 	State         string     `json:"state"` // a report state, or "gone" (unheard for 3 intervals)
 	StateSince    time.Time  `json:"state_since"`
 	LastReport    time.Time  `json:"last_report"`

@@ -6,6 +6,8 @@ package publisher
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -656,7 +658,7 @@ func (p *Publisher) WriteSnapshotFrom(ctx context.Context, snap *cache.Snapshot,
 	if err != nil && !errors.Is(err, protocol.ErrNotFound) {
 		return nil, fmt.Errorf("read current manifest: %w", err)
 	}
-	if !force && prev != nil && (prev.Revision > snap.Revision() || (prev.Revision == snap.Revision() && prev.Checksum == snap.Checksum())) {
+	if !force && prev != nil && (prev.Revision > snap.Revision() || (prev.Revision == snap.Revision() && prev.Content().Matches(snap))) {
 		return prev, nil
 	}
 	doc, err := snap.Encode()
@@ -696,7 +698,9 @@ func (p *Publisher) WriteSnapshotFrom(ctx context.Context, snap *cache.Snapshot,
 			return nil, ctx.Err()
 		}
 	}
-	man := &protocol.Manifest{Revision: snap.Revision(), Checksum: snap.Checksum(), Source: snap.Source(),
+	digest := sha256.Sum256(doc)
+	man := &protocol.Manifest{Revision: snap.Revision(), Checksum: snap.Checksum(), ChecksumV2: snap.ChecksumV2(),
+		SHA256: hex.EncodeToString(digest[:]), Source: snap.Source(),
 		Count: snap.Len(), Size: len(doc), Sequences: seqs, CreatedAt: time.Now().UTC(), RegistryID: origin.RegistryID}
 	if !origin.CommittedAt.IsZero() {
 		at := origin.CommittedAt.UTC()
@@ -713,6 +717,7 @@ func (p *Publisher) WriteSnapshotFrom(ctx context.Context, snap *cache.Snapshot,
 	mm.Data = data
 	mm.Header.Set(protocol.HeaderRevision, strconv.FormatInt(man.Revision, 10))
 	mm.Header.Set(protocol.HeaderChecksum, man.Checksum)
+	mm.Header.Set(protocol.HeaderChecksumV2, man.ChecksumV2)
 	if err := p.sign(protocol.KindManifest, mm); err != nil {
 		return nil, err
 	}

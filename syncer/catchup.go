@@ -129,7 +129,7 @@ func (s *term) publishRevision(ctx context.Context, r revision) error {
 	if len(s.withheld) > held {
 		s.metrics.ApplyErrors.Inc()
 	}
-	d := &protocol.Delta{Revision: r.Revision, PrevRevision: s.snap.Revision(), Checksum: next.Checksum(),
+	d := &protocol.Delta{Revision: r.Revision, PrevRevision: s.snap.Revision(), Checksum: next.Checksum(), ChecksumV2: next.ChecksumV2(),
 		Count: next.Len(), Source: SourceDatabase, CommittedAt: r.CommittedAt, RegistryID: s.registryID, Changes: changes}
 	return s.submit(ctx, d, next, r.Revision)
 }

@@ -138,7 +138,7 @@ func (s *term) publishFixtures(ctx context.Context, base *cache.Snapshot) error 
 		return errors.New("fixtures: applying the difference did not reproduce the fixture content")
 	}
 	s.snap = base
-	d := &protocol.Delta{Revision: rev, PrevRevision: base.Revision(), Checksum: next.Checksum(), Count: next.Len(),
+	d := &protocol.Delta{Revision: rev, PrevRevision: base.Revision(), Checksum: next.Checksum(), ChecksumV2: next.ChecksumV2(), Count: next.Len(),
 		Source: SourceFixtures, CommittedAt: time.Now().UTC(), Changes: changes}
 	s.log.InfoContext(ctx, "syncer: publishing fixtures", "revision", rev, "changed", len(changes))
 	return s.publishDelta(ctx, d, next)

@@ -93,7 +93,7 @@ func (s *term) loadPublished(ctx context.Context) (state *cache.Snapshot, o orig
 			return broken("a resync delta is newer than the stored snapshot", "revision", d.Revision)
 		}
 		next, _, err := snap.Apply(d.Revision, d.Source, d.Changes)
-		if err != nil || next.Checksum() != d.Checksum {
+		if err != nil || !d.Content().Matches(next) {
 			return broken("a stored delta does not apply", "revision", d.Revision, "error", err)
 		}
 		snap = next

@@ -14,7 +14,7 @@ func (s *term) heartbeat() {
 	if snap == nil {
 		return
 	}
-	err := s.pub.Heartbeat(&protocol.Heartbeat{Revision: snap.Revision(), Checksum: snap.Checksum(), Source: snap.Source(),
+	err := s.pub.Heartbeat(&protocol.Heartbeat{Revision: snap.Revision(), Checksum: snap.Checksum(), ChecksumV2: snap.ChecksumV2(), Source: snap.Source(),
 		Time: time.Now().UTC(), IntervalMS: s.cfg.HeartbeatInterval.Milliseconds(), Syncer: s.cfg.InstanceID})
 	if err != nil {
 		s.metrics.PublishErrors.Inc()

@@ -37,6 +37,7 @@ type Status struct {
 	Source           string `json:"source"`
 	Revision         int64  `json:"revision"`
 	Checksum         string `json:"checksum"`
+	ChecksumV2       string `json:"checksum_v2"`
 	Extensions       int    `json:"extensions"`
 	DatabaseRevision int64  `json:"database_revision"`
 	DatabaseUp       bool   `json:"database_up"`
@@ -181,7 +182,7 @@ func (s *Syncer) Fleet() (*protocol.FleetStatus, error) {
 	}
 	st := s.Status()
 	fs := &protocol.FleetStatus{Syncer: s.cfg.InstanceID, Time: time.Now().UTC(), DatabaseRevision: st.DatabaseRevision,
-		PublishedRevision: st.Revision, PublishedChecksum: st.Checksum, Routers: f.Routers(time.Now())}
+		PublishedRevision: st.Revision, PublishedChecksum: st.Checksum, PublishedChecksumV2: st.ChecksumV2, Routers: f.Routers(time.Now())}
 	for _, w := range st.Withheld {
 		fs.Withheld = append(fs.Withheld, protocol.WithheldExtension{ID: w.ID, Reason: w.Reason, SinceRevision: w.Since})
 	}

@@ -278,20 +278,21 @@ func (s *term) publishOK() {
 
 func (s *term) setPublished(snap *cache.Snapshot, cursor int64, o origin) {
 	s.snap, s.cursor = snap, cursor
-	s.announced(pubState{rev: snap.Revision(), checksum: snap.Checksum(), count: snap.Len(), source: snap.Source()}, snap, o)
+	s.announced(pubState{rev: snap.Revision(), checksum: snap.Checksum(), checksumV2: snap.ChecksumV2(), count: snap.Len(), source: snap.Source()}, snap, o)
 }
 
 // stateOf is the published state a delta leads to.
 func stateOf(d *protocol.Delta) pubState {
-	return pubState{rev: d.Revision, checksum: d.Checksum, count: d.Count, source: d.Source}
+	return pubState{rev: d.Revision, checksum: d.Checksum, checksumV2: d.ChecksumV2, count: d.Count, source: d.Source}
 }
 
 // pubState describes a published state.
 type pubState struct {
-	rev      int64
-	checksum string
-	count    int
-	source   string
+	rev        int64
+	checksum   string
+	checksumV2 string
+	count      int
+	source     string
 }
 
 // announced makes st, stored and announced, the published state for everyone but the
@@ -308,7 +309,7 @@ func (s *term) announced(st pubState, snap *cache.Snapshot, o origin) {
 	s.metrics.LastPublished.Set(float64(st.rev))
 	s.metrics.Extensions.Set(float64(st.count))
 	s.update(func(status *Status) {
-		status.Revision, status.Checksum, status.Extensions, status.Source = st.rev, st.checksum, st.count, st.source
+		status.Revision, status.Checksum, status.ChecksumV2, status.Extensions, status.Source = st.rev, st.checksum, st.checksumV2, st.count, st.source
 	})
 	if snap != nil {
 		s.kickSnapshotWriter()
