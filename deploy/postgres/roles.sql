@@ -41,4 +41,8 @@ GRANT SELECT, INSERT ON registry_signing_key TO registry_syncer;
 GRANT INSERT, UPDATE ON extension_health TO registry_syncer;
 GRANT INSERT, UPDATE, DELETE ON extension_instance_health TO registry_syncer;
 GRANT UPDATE (auto_disabled) ON extensions TO registry_syncer;
+-- The extensions UPDATE trigger's statement that keeps a previous definition when an
+-- extension's version changes runs on every update (inserting nothing for the syncer's):
+-- PostgreSQL checks INSERT on extension_versions all the same.
+GRANT INSERT ON extension_versions TO registry_syncer;
 GRANT UPDATE (health_status, last_health_check) ON extension_instances TO registry_syncer;
