@@ -180,9 +180,14 @@ func (t *Trust) Verify(kind string, h nats.Header, payload []byte) error {
 	if err != nil || len(raw) != 64 {
 		return fmt.Errorf("%w: %s: %w (malformed %s)", ErrInvalid, kind, ErrUnsigned, HeaderSignature)
 	}
+	d := verifyDigest(key, raw, kind, payload)
+	if verified.has(d) {
+		return nil
+	}
 	if err := kp.Verify(SignedBytes(kind, payload), raw); err != nil {
 		return fmt.Errorf("%w: %s: %w (does not verify with %.16s…)", ErrInvalid, kind, ErrUnsigned, key)
 	}
+	verified.add(d)
 	return nil
 }
 
