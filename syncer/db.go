@@ -25,6 +25,20 @@ type querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
+// changeLogSQL reads the revisions after $1 up to $2 (at most $3) with their changes and
+// the counter. Each revision's changes are read through the audit log's xid index (the
+// lateral subquery, fenced by OFFSET 0 so that it is not flattened into a join): a plain
+// join let the planner hash the whole audit log on every read, 20 ms at 100,000 audit
+// rows and growing with the log; see TestChangeLogReadUsesTheIndex.
+const changeLogSQL = `
+		SELECT c.revision, r.revision, r.committed_at, a.entity, a.extension_id, coalesce(a.entity_key, ''), a.action, a.new_values
+		FROM registry_counter c
+		LEFT JOIN LATERAL (SELECT revision, xid, committed_at FROM registry_revisions
+		      WHERE revision > $1 AND revision <= $2 ORDER BY revision LIMIT $3) r ON true
+		LEFT JOIN LATERAL (SELECT seq, entity, extension_id, entity_key, action, new_values FROM extension_audit_log
+		      WHERE xid = r.xid OFFSET 0) a ON true
+		ORDER BY r.revision, a.seq`
+
 // readRevisions returns up to limit committed revisions after `after` (and not above
 // upTo when upTo > 0), each with its changes in commit order, together with the revision
 // counter read in the same statement (so in the same snapshot): one round trip tells both
@@ -35,13 +49,7 @@ func readRevisions(ctx context.Context, q querier, after, upTo int64, limit, max
 	if upTo <= 0 {
 		upTo = 1<<63 - 1
 	}
-	rows, err := q.Query(ctx, `
-		SELECT c.revision, r.revision, r.committed_at, a.entity, a.extension_id, coalesce(a.entity_key, ''), a.action, a.new_values
-		FROM registry_counter c
-		LEFT JOIN LATERAL (SELECT revision, xid, committed_at FROM registry_revisions
-		      WHERE revision > $1 AND revision <= $2 ORDER BY revision LIMIT $3) r ON true
-		LEFT JOIN extension_audit_log a ON a.xid = r.xid
-		ORDER BY r.revision, a.seq`, after, upTo, limit)
+	rows, err := q.Query(ctx, changeLogSQL, after, upTo, limit)
 	if err != nil {
 		return nil, 0, fmt.Errorf("read change log after revision %d: %w", after, err)
 	}

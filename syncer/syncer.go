@@ -214,6 +214,10 @@ func (s *Syncer) Pool() (*pgxpool.Pool, error) {
 			return
 		}
 		cfg.ConnConfig.RuntimeParams["application_name"] = "registry-syncer"
+		// No JIT: the syncer's queries are short, and PostgreSQL's cost estimates for the
+		// change-log read grow with the audit log until JIT compiles it on every read
+		// (measured: 130 ms of a 150 ms read at 100,000 audit rows, for 10 rows).
+		cfg.ConnConfig.RuntimeParams["jit"] = "off"
 		cfg.MaxConns = 4
 		s.pool, s.poolErr = pgxpool.NewWithConfig(context.Background(), cfg)
 	})
