@@ -15,7 +15,6 @@ import (
 // interval, 1,000 reports decoded and merged, then Flush and Decide. CPU per second of
 // wall time at the default interval is ns/op / 5e9.
 func BenchmarkObserve1000Routers(b *testing.B) {
-	t := &testing.T{}
 	exts := make([]cache.Extension, 5)
 	for i := range exts {
 		e := geo(false)
@@ -30,7 +29,7 @@ func BenchmarkObserve1000Routers(b *testing.B) {
 	for i := range lat {
 		lat[i] = float64(i+1) / 10000
 	}
-	entry := calls(t, lat, map[string]protocol.TargetCalls{
+	entry := calls(b, lat, map[string]protocol.TargetCalls{
 		"i1": target(protocol.BreakerClosed, map[string]uint64{"success": 95, "extension_timeout": 5}),
 		"i2": target(protocol.BreakerClosed, map[string]uint64{"success": 100}),
 	})

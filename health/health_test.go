@@ -44,7 +44,7 @@ func snapOf(t *testing.T, exts ...cache.Extension) *cache.Snapshot {
 }
 
 // calls builds one report entry: per target (outcome -> n, breaker) and latencies.
-func calls(t *testing.T, latencies []float64, targets map[string]protocol.TargetCalls) json.RawMessage {
+func calls(t testing.TB, latencies []float64, targets map[string]protocol.TargetCalls) json.RawMessage {
 	t.Helper()
 	c := protocol.ExtensionCalls{Outcomes: map[string]uint64{}, Targets: targets}
 	for _, tc := range targets {

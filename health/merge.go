@@ -273,20 +273,8 @@ func (m *Merger) Observe(r *protocol.Report, snap *cache.Snapshot, at time.Time)
 		if d.sketch != nil {
 			_ = b.sketch.MergeWith(d.sketch) // same mapping, checked by decodeSketch
 		}
-		sv := &seen{at: at, interval: interval, state: routerState(d.calls), counts: c}
-		if d.calls.LastSuccess != nil {
-			sv.lastSuccess = *d.calls.LastSuccess
-		} else if c.success > 0 {
-			sv.lastSuccess = at
-		}
-		if d.calls.LastFailure != nil {
-			sv.lastFailure = *d.calls.LastFailure
-		} else if c.failure > 0 {
-			sv.lastFailure = at
-		}
-		sv.carry(x.routers[r.RouterID])
-		x.routers[r.RouterID] = sv
-		x.note(sv)
+		x.saw(r.RouterID, &seen{at: at, interval: interval, state: routerState(d.calls), counts: c},
+			d.calls.LastSuccess, d.calls.LastFailure)
 		for tid, tc := range d.calls.Targets {
 			if !hasInstance(d.ext, tid) {
 				continue
@@ -307,45 +295,41 @@ func (m *Merger) Observe(r *protocol.Report, snap *cache.Snapshot, at time.Time)
 			if st == "" {
 				st = protocol.BreakerClosed
 			}
-			tsv := &seen{at: at, interval: interval, state: st, counts: tcnt}
-			if tc.LastSuccess != nil {
-				tsv.lastSuccess = *tc.LastSuccess
-			} else if tcnt.success > 0 {
-				tsv.lastSuccess = at
-			}
-			if tc.LastFailure != nil {
-				tsv.lastFailure = *tc.LastFailure
-			} else if tcnt.failure > 0 {
-				tsv.lastFailure = at
-			}
-			tsv.carry(s.routers[r.RouterID])
-			s.routers[r.RouterID] = tsv
-			s.note(tsv)
+			s.saw(r.RouterID, &seen{at: at, interval: interval, state: st, counts: tcnt}, tc.LastSuccess, tc.LastFailure)
 		}
 	}
 }
 
-// carry keeps the router's last success and failure from its previous report when this
-// one had none.
-func (sv *seen) carry(prev *seen) {
-	if prev == nil {
-		return
+// saw records sv, router's latest report of the series. The report's last success and
+// failure times are used when it has them (else the time it arrived, if it counted any);
+// the router's earlier ones are kept when this report has none.
+func (s *series) saw(router string, sv *seen, lastSuccess, lastFailure *time.Time) {
+	sv.lastSuccess = lastTime(lastSuccess, sv.counts.success, sv.at)
+	sv.lastFailure = lastTime(lastFailure, sv.counts.failure, sv.at)
+	if prev := s.routers[router]; prev != nil {
+		sv.lastSuccess = later(sv.lastSuccess, prev.lastSuccess)
+		sv.lastFailure = later(sv.lastFailure, prev.lastFailure)
 	}
-	if prev.lastSuccess.After(sv.lastSuccess) {
-		sv.lastSuccess = prev.lastSuccess
-	}
-	if prev.lastFailure.After(sv.lastFailure) {
-		sv.lastFailure = prev.lastFailure
-	}
+	s.routers[router] = sv
+	s.lastSuccess = later(s.lastSuccess, sv.lastSuccess)
+	s.lastFailure = later(s.lastFailure, sv.lastFailure)
 }
 
-func (s *series) note(sv *seen) {
-	if sv.lastSuccess.After(s.lastSuccess) {
-		s.lastSuccess = sv.lastSuccess
+func lastTime(reported *time.Time, n uint64, arrived time.Time) time.Time {
+	switch {
+	case reported != nil:
+		return *reported
+	case n > 0:
+		return arrived
 	}
-	if sv.lastFailure.After(s.lastFailure) {
-		s.lastFailure = sv.lastFailure
+	return time.Time{}
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
 	}
+	return a
 }
 
 func hasInstance(e *cache.Extension, id string) bool {

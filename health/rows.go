@@ -1,6 +1,7 @@
 package health
 
 import (
+	"reflect"
 	"slices"
 	"time"
 
@@ -66,44 +67,8 @@ func timePtr(t time.Time) *time.Time {
 func floatPtr(v float64) *float64 { return &v }
 
 // same reports whether two rows hold the same values (a row is written only when it
-// changed).
-func same(a, b *Row) bool {
-	if a == nil || b == nil {
-		return a == b
-	}
-	if a.ExtensionID != b.ExtensionID || a.SuccessCount != b.SuccessCount || a.FailureCount != b.FailureCount ||
-		a.RejectedCount != b.RejectedCount || !sameTime(a.LastSuccess, b.LastSuccess) || !sameTime(a.LastFailure, b.LastFailure) ||
-		!sameFloat(a.AvgLatencyMS, b.AvgLatencyMS) || !sameFloat(a.P50LatencyMS, b.P50LatencyMS) ||
-		!sameFloat(a.P95LatencyMS, b.P95LatencyMS) || !sameFloat(a.P99LatencyMS, b.P99LatencyMS) || a.State != b.State ||
-		!sameTime(a.OpenedAt, b.OpenedAt) || a.RoutersReporting != b.RoutersReporting || a.RoutersOpen != b.RoutersOpen ||
-		a.RoutersHalfOpen != b.RoutersHalfOpen || len(a.Instances) != len(b.Instances) {
-		return false
-	}
-	for i := range a.Instances {
-		x, y := &a.Instances[i], &b.Instances[i]
-		if x.InstanceID != y.InstanceID || x.SuccessCount != y.SuccessCount || x.FailureCount != y.FailureCount ||
-			x.RejectedCount != y.RejectedCount || !sameTime(x.LastSuccess, y.LastSuccess) || !sameTime(x.LastFailure, y.LastFailure) ||
-			!sameFloat(x.P99LatencyMS, y.P99LatencyMS) || x.State != y.State || x.RoutersReporting != y.RoutersReporting ||
-			x.RoutersOpen != y.RoutersOpen || x.RoutersHalfOpen != y.RoutersHalfOpen {
-			return false
-		}
-	}
-	return true
-}
-
-func sameTime(a, b *time.Time) bool {
-	if a == nil || b == nil {
-		return a == b
-	}
-	return a.Equal(*b)
-}
-
-func sameFloat(a, b *float64) bool {
-	if a == nil || b == nil {
-		return a == b
-	}
-	return *a == *b
-}
+// changed). Times are UTC without a monotonic reading (timePtr), floats never NaN.
+func same(a, b *Row) bool { return reflect.DeepEqual(a, b) }
 
 // Flush returns the rows to write at now: every extension whose row over its window
 // (windows gives an extension's window; 0: the default of 60 s) changed since the last
@@ -132,6 +97,20 @@ func (m *Merger) Flush(now time.Time, windows func(id string) time.Duration) []R
 		out = append(out, row)
 	}
 	return out
+}
+
+// OpenExtensions is the number of extensions whose circuit was open across the fleet at
+// the last Flush.
+func (m *Merger) OpenExtensions() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for _, x := range m.exts {
+		if !x.openedAt.IsZero() {
+			n++
+		}
+	}
+	return n
 }
 
 // Unwritten forgets that rows were written (the write failed): the next Flush returns them

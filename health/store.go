@@ -29,7 +29,7 @@ const (
 type Settings struct {
 	Window         time.Duration
 	AutoManage     string
-	MinSuccessRate float64 // NaN-free; 0 with HasMinSuccessRate false: the environment's
+	MinSuccessRate float64 // meaningful when HasMinRate (else the environment's applies)
 	HasMinRate     bool
 }
 

@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"encoding/json"
+	"slices"
 	"strings"
 	"time"
 )
@@ -39,14 +40,7 @@ type Report struct {
 }
 
 // Has reports whether the router lists feature f.
-func (r *Report) Has(f string) bool {
-	for _, x := range r.Features {
-		if x == f {
-			return true
-		}
-	}
-	return false
-}
+func (r *Report) Has(f string) bool { return slices.Contains(r.Features, f) }
 
 // Rejection is one refused payload.
 type Rejection struct {

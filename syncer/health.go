@@ -39,6 +39,9 @@ func (s *term) startHealth(ctx context.Context, pool *pgxpool.Pool) func() {
 	return func() {
 		cancel()
 		<-h.done
+		// The gauges describe this term's view: a standby reports none.
+		s.metrics.Health.CircuitOpen.Set(0)
+		s.metrics.Health.AutoDisabled.Set(0)
 	}
 }
 
@@ -67,12 +70,7 @@ func (s *term) healthRound(ctx context.Context, pool *pgxpool.Pool, now time.Tim
 		return
 	}
 	rows := h.merger.Flush(now, func(id string) time.Duration { return settings[id].Window })
-	open := 0
-	for _, r := range rows {
-		if r.State == protocol.BreakerOpen {
-			open++
-		}
-	}
+	m.CircuitOpen.Set(float64(h.merger.OpenExtensions()))
 	if err := health.Write(ctx, pool, rows); err != nil {
 		h.merger.Unwritten(rows)
 		m.WriteErrors.Inc()

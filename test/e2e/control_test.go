@@ -3,7 +3,9 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net/http"
 	"strings"
@@ -61,9 +63,7 @@ func classOf(err error) string {
 		return protocol.ClassSuccess
 	}
 	var ie *client.InvokeError
-	if e, ok := err.(*client.InvokeError); ok {
-		ie = e
-	} else {
+	if !errors.As(err, &ie) {
 		return "other"
 	}
 	return protocol.OutcomeClass(ie.Code)
@@ -238,6 +238,25 @@ func TestControlLoop(t *testing.T) {
 			t.Errorf("%s never reported an open breaker", r.id)
 		}
 	}
+	// The leader's gauges (what the alerts RegistryExtensionsCircuitOpen and
+	// RegistryExtensionsAutoDisabled read) say so.
+	eventually(t, 10*time.Second, "the circuit-open and auto-disabled gauges", func() error {
+		resp, err := http.Get("http://" + s.addr + "/metrics")
+		if err != nil {
+			return err
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return err
+		}
+		for _, want := range []string{"\nregistry_syncer_extensions_circuit_open 1\n", "\nregistry_syncer_extensions_auto_disabled 1\n"} {
+			if !strings.Contains(string(body), want) {
+				return fmt.Errorf("/metrics lacks %q", strings.TrimSpace(want))
+			}
+		}
+		return nil
+	})
 	// After that only probes reach the service: at most one per open timeout per router.
 	from := decided.Add(time.Second)
 	eventually(t, 10*time.Second, "2s of auto-disabled traffic", func() error {
