@@ -1,6 +1,8 @@
 package fleet
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -84,4 +86,78 @@ func histogramCount(t *testing.T, reg *prometheus.Registry) uint64 {
 		}
 	}
 	return 0
+}
+
+// TestLeastLiveMatchesAScan drives the fleet view with random reports (routers moving on,
+// going back, going silent, being forgotten) and checks after every step that the least
+// live revision it keeps incrementally is the one a scan of every router gives.
+func TestLeastLiveMatchesAScan(t *testing.T) {
+	t.Parallel()
+	rng := rand.New(rand.NewPCG(1, 2))
+	f := New(nil)
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	now := t0
+	ids := []string{"a", "b", "c", "d", "e", "f", "g", "h"}
+	published := int64(1)
+	for step := range 20000 {
+		now = now.Add(time.Duration(rng.IntN(400)) * time.Millisecond)
+		switch k := rng.IntN(20); {
+		case k == 0:
+			published += int64(1 + rng.IntN(3))
+			f.Published(published, now)
+		case k == 1:
+			f.Routers(now)
+		default:
+			id := ids[rng.IntN(len(ids))]
+			rev := published + 20 - int64(rng.IntN(3))
+			if rng.IntN(50) == 0 {
+				rev -= 10 // a router that went back (restored from an old snapshot)
+			}
+			interval := int64([]int{100, 500, 1000}[rng.IntN(3)])
+			f.Observe(report(id, rev, protocol.RouterReady, interval), now)
+		}
+		f.mu.Lock()
+		want, live := int64(0), false
+		for _, e := range f.routers {
+			if !e.gone(now) && (!live || e.rep.Revision < want) {
+				want, live = e.rep.Revision, true
+			}
+		}
+		f.pending[-1] = now // a pending revision makes converged settle the least now
+		f.converged(now)
+		delete(f.pending, -1)
+		got, gotLive := f.least.rev, f.least.any
+		f.mu.Unlock()
+		if gotLive != live || (live && got != want) {
+			t.Fatalf("step %d at %v: least live revision %d (any live: %v), a scan gives %d (%v)", step, now.Sub(t0), got, gotLive, want, live)
+		}
+	}
+}
+
+// BenchmarkObserve is one report into a fleet view of n routers with a revision pending:
+// the routers report the new revision one after another, as after every change. The cost
+// per report must not grow with n.
+func BenchmarkObserve(b *testing.B) {
+	for _, n := range []int{10, 1000, 10000} {
+		b.Run(fmt.Sprintf("routers=%d", n), func(b *testing.B) {
+			f := New(nil)
+			now := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+			reps := make([]*protocol.Report, n)
+			for i := range reps {
+				reps[i] = report(fmt.Sprintf("router-%05d", i), 1, protocol.RouterReady, 60_000)
+				f.Observe(reps[i], now)
+			}
+			rev := int64(1)
+			b.ResetTimer()
+			for i := range b.N {
+				k := i % n
+				if k == 0 {
+					rev++
+					f.Published(rev, now)
+				}
+				reps[k].Revision = rev
+				f.Observe(reps[k], now)
+			}
+		})
+	}
 }
