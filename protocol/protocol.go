@@ -5,6 +5,7 @@
 package protocol
 
 import (
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -204,11 +205,41 @@ func DecodeDelta(data []byte) (*Delta, error) {
 	return &d, nil
 }
 
+// decodedSize is how many decoded live deltas a process remembers, of payloads up to
+// decodedMaxPayload bytes (so at most 4 MiB of payload, decoded).
+const (
+	decodedSize       = 64
+	decodedMaxPayload = 64 << 10
+)
+
+// decodedDeltas remembers, process-wide, the last live delta payloads that decoded and
+// validated, by the SHA-256 of the payload: the same announcement reaching several
+// clients of one process (a router hosting several registries' clients, a test or
+// benchmark with many) is decoded once. A hit is exactly a payload that decoded before.
+var decodedDeltas = newRecent[*Delta](decodedSize)
+
 // DeltaFromMsg decodes a delta message and checks that its headers agree with its payload.
+// The delta returned may be shared with other callers that received the same payload:
+// read it, never modify it.
 func DeltaFromMsg(m *nats.Msg) (*Delta, error) {
-	d, err := DecodeDelta(m.Data)
-	if err != nil {
-		return nil, err
+	var (
+		d   *Delta
+		ok  bool
+		key [32]byte
+	)
+	share := len(m.Data) <= decodedMaxPayload
+	if share {
+		key = sha256.Sum256(m.Data)
+		d, ok = decodedDeltas.get(key)
+	}
+	if !ok {
+		var err error
+		if d, err = DecodeDelta(m.Data); err != nil {
+			return nil, err
+		}
+		if share {
+			decodedDeltas.add(key, d)
+		}
 	}
 	if h := m.Header.Get(HeaderRevision); h != "" && h != strconv.FormatInt(d.Revision, 10) {
 		return nil, invalid("delta %d: header %s is %q", d.Revision, HeaderRevision, h)

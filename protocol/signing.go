@@ -181,13 +181,13 @@ func (t *Trust) Verify(kind string, h nats.Header, payload []byte) error {
 		return fmt.Errorf("%w: %s: %w (malformed %s)", ErrInvalid, kind, ErrUnsigned, HeaderSignature)
 	}
 	d := verifyDigest(key, raw, kind, payload)
-	if verified.has(d) {
+	if _, ok := verified.get(d); ok {
 		return nil
 	}
 	if err := kp.Verify(SignedBytes(kind, payload), raw); err != nil {
 		return fmt.Errorf("%w: %s: %w (does not verify with %.16s…)", ErrInvalid, kind, ErrUnsigned, key)
 	}
-	verified.add(d)
+	verified.add(d, struct{}{})
 	return nil
 }
 

@@ -3,7 +3,6 @@ package protocol
 import (
 	"crypto/sha256"
 	"encoding/binary"
-	"sync"
 )
 
 // verifiedSize is how many verified signatures a process remembers.
@@ -14,15 +13,7 @@ const verifiedSize = 4096
 // — or one client twice, live and from the stream — costs one Ed25519 verification. Only
 // successes are remembered, keyed by a SHA-256 over an unambiguous encoding of all four,
 // so a hit is exactly an input that verified before; nothing else is trusted by it.
-var verified = &verifyCache{m: make(map[[32]byte]struct{}, verifiedSize)}
-
-type verifyCache struct {
-	mu   sync.Mutex
-	m    map[[32]byte]struct{}
-	ring [verifiedSize][32]byte
-	next int
-	full bool
-}
+var verified = newRecent[struct{}](verifiedSize)
 
 func verifyDigest(key string, sig []byte, kind string, payload []byte) [32]byte {
 	h := sha256.New()
@@ -36,28 +27,4 @@ func verifyDigest(key string, sig []byte, kind string, payload []byte) [32]byte 
 	var d [32]byte
 	h.Sum(d[:0])
 	return d
-}
-
-func (c *verifyCache) has(d [32]byte) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	_, ok := c.m[d]
-	return ok
-}
-
-func (c *verifyCache) add(d [32]byte) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if _, ok := c.m[d]; ok {
-		return
-	}
-	if c.full {
-		delete(c.m, c.ring[c.next])
-	}
-	c.ring[c.next] = d
-	c.m[d] = struct{}{}
-	c.next++
-	if c.next == verifiedSize {
-		c.next, c.full = 0, true
-	}
 }

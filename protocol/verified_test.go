@@ -2,9 +2,13 @@ package protocol
 
 import (
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/beamline/registry-syncer/cache"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 )
@@ -36,7 +40,7 @@ func TestVerifiedCache(t *testing.T) {
 			t.Fatalf("a signed delta: %v", err)
 		}
 	}
-	if !verified.has(verifyDigest(s.PublicKey(), mustSig(t, m), KindDelta, m.Data)) {
+	if _, ok := verified.get(verifyDigest(s.PublicKey(), mustSig(t, m), KindDelta, m.Data)); !ok {
 		t.Fatal("a verified message is not remembered")
 	}
 	refused := func(what string, h nats.Header, kind string, data []byte, tr *Trust) {
@@ -91,4 +95,57 @@ func otherSig(t *testing.T, s *Signer, data []byte) string {
 		t.Fatal(err)
 	}
 	return sig
+}
+
+// TestDecodedDeltasShared: the same live payload is decoded once per process; the
+// headers are still checked per message, and what does not decode is never remembered.
+func TestDecodedDeltasShared(t *testing.T) {
+	t.Parallel()
+	d := &Delta{Revision: 911_000_001, PrevRevision: 911_000_000, Checksum: strings.Repeat("a", 64), Count: 0, Source: "database",
+		CommittedAt: time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC), Changes: []cache.Change{{Op: cache.OpDelete, Kind: cache.KindExtension, ID: "x"}}}
+	data, err := json.Marshal(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := d.Msg("P.live", data)
+	first, err := DeltaFromMsg(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := DeltaFromMsg(d.Msg("P.live", data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first != second {
+		t.Error("the same payload was decoded twice")
+	}
+	lying := d.Msg("P.live", data)
+	lying.Header.Set(HeaderRevision, "911000002")
+	if _, err := DeltaFromMsg(lying); !errors.Is(err, ErrInvalid) {
+		t.Errorf("a remembered payload under another revision header: %v, want refused", err)
+	}
+	bad := nats.NewMsg("P.live")
+	bad.Data = []byte(`{"revision":911000003}`)
+	for range 2 {
+		if _, err := DeltaFromMsg(bad); !errors.Is(err, ErrInvalid) {
+			t.Errorf("an invalid delta: %v, want refused (twice: never remembered)", err)
+		}
+	}
+	big := *d
+	big.Changes = []cache.Change{{Op: cache.OpPut, Kind: cache.KindExtension, ID: "x", Value: json.RawMessage(`{"config":"` + strings.Repeat("y", decodedMaxPayload) + `"}`)}}
+	bigData, err := json.Marshal(&big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := DeltaFromMsg(big.Msg("P.live", bigData))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := DeltaFromMsg(big.Msg("P.live", bigData))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a == b {
+		t.Errorf("a payload of %d bytes (bound %d) was remembered", len(bigData), decodedMaxPayload)
+	}
 }

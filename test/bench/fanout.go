@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,6 +37,13 @@ type FanoutResult struct {
 	// The benchmark's Go heap with every client bootstrapped (after GC): all clients
 	// share one process, so their snapshots and garbage share one heap and two cores.
 	HeapBytes int64 `json:"process_heap_bytes"`
+	// CPU time per change while the changes ran (user + system, over the whole loop,
+	// divided by the changes): of the benchmark process (the clients, and NATS when it
+	// runs in-process) and of the syncer process. Less sensitive to other load on the
+	// machine than the latencies: with 2 CPUs, the clients' share bounds how fast the last
+	// of them can be updated.
+	ClientsCPUPerChangeMS float64 `json:"clients_cpu_ms_per_change"`
+	SyncerCPUPerChangeMS  float64 `json:"syncer_cpu_ms_per_change"`
 	// The same with a registry of a few extensions: what NATS fan-out costs when each
 	// client's apply is nearly free.
 	TinyRegistry *FanoutResult `json:"tiny_registry,omitempty"`
@@ -132,6 +140,7 @@ func fanoutPass(ctx context.Context, e *env, name string, size int, res *FanoutR
 		return err
 	}
 	var all, first, each []int64
+	selfCPU0, syncerCPU0 := processCPU(os.Getpid()), reg.syncer.cpu()
 	for k := range p.FanChanges {
 		seq := seqBase + int64(k)
 		if _, err := writer.Exec(ctx, updateSeq, seq, reg.ids[(k*37)%len(reg.ids)]); err != nil {
@@ -163,6 +172,8 @@ func fanoutPass(ctx context.Context, e *env, name string, size int, res *FanoutR
 		first = append(first, lo-tc)
 		time.Sleep(50 * time.Millisecond) // let the clients' garbage settle between changes
 	}
+	res.ClientsCPUPerChangeMS = round1(msd(processCPU(os.Getpid())-selfCPU0) / float64(p.FanChanges))
+	res.SyncerCPUPerChangeMS = round1(msd(reg.syncer.cpu()-syncerCPU0) / float64(p.FanChanges))
 	res.AllUpdated, res.FirstUpdated, res.PerClient = summarize(all), summarize(first), summarize(each)
 	if res.ConsumersAfter, err = e.nats.ConsumerCount(); err != nil {
 		return err
@@ -172,8 +183,9 @@ func fanoutPass(ctx context.Context, e *env, name string, size int, res *FanoutR
 		return err
 	}
 	res.ChecksumsEqual = ok
-	e.logf("fanout: all %d clients updated (registry of %d): p50 %.1f ms p99 %.1f ms max %.1f ms over %d changes; consumers %d -> %d -> %d",
-		len(clients), size, res.AllUpdated.P50, res.AllUpdated.P99, res.AllUpdated.Max, p.FanChanges, res.ConsumersBefore, res.ConsumersStart, res.ConsumersAfter)
+	e.logf("fanout: all %d clients updated (registry of %d): p50 %.1f ms p99 %.1f ms max %.1f ms over %d changes; CPU per change: clients %.1f ms, syncer %.1f ms; consumers %d -> %d -> %d",
+		len(clients), size, res.AllUpdated.P50, res.AllUpdated.P99, res.AllUpdated.Max, p.FanChanges, res.ClientsCPUPerChangeMS, res.SyncerCPUPerChangeMS,
+		res.ConsumersBefore, res.ConsumersStart, res.ConsumersAfter)
 	if !ok {
 		return fmt.Errorf("not every client holds the database's content")
 	}

@@ -489,6 +489,41 @@ func (p *syncerProc) procStatus(field string) (int64, error) {
 	return procStatusKB(p.cmd.Process.Pid, field)
 }
 
+// cpu is the syncer process's CPU time so far (user + system); in-process, 0 (its CPU is
+// the benchmark's own).
+func (p *syncerProc) cpu() time.Duration {
+	if p.cmd == nil {
+		return 0
+	}
+	return processCPU(p.cmd.Process.Pid)
+}
+
+// processCPU is a process's CPU time so far, user + system, from /proc/<pid>/stat (0 when
+// it cannot be read).
+func processCPU(pid int) time.Duration {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command name (field 2) is in parentheses and may hold spaces: fields count
+	// from after its closing one; utime and stime are fields 14 and 15, in clock ticks.
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(data[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	u, err1 := strconv.ParseInt(f[11], 10, 64)
+	s, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0
+	}
+	const ticksPerSecond = 100 // USER_HZ on Linux
+	return time.Duration(u+s) * time.Second / ticksPerSecond
+}
+
 func procStatusKB(pid int, field string) (int64, error) {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {

@@ -423,6 +423,9 @@ func printSummary(w io.Writer, r *Results) {
 		line("COMMIT -> all clients updated", func(x *FanoutResult) string { return lat(x.AllUpdated) })
 		line("COMMIT -> first client updated", func(x *FanoutResult) string { return lat(x.FirstUpdated) })
 		line("COMMIT -> each client (all pairs)", func(x *FanoutResult) string { return lat(x.PerClient) })
+		line("CPU per change: clients / syncer", func(x *FanoutResult) string {
+			return fmt.Sprintf("%.1f ms / %.1f ms", x.ClientsCPUPerChangeMS, x.SyncerCPUPerChangeMS)
+		})
 		line("bootstrap of all clients", func(x *FanoutResult) string { return fmt.Sprintf("%.0f ms", x.BootstrapAllMS) })
 		line("Go heap of the process with all clients", func(x *FanoutResult) string { return fmt.Sprintf("%.0f MB", mb(x.HeapBytes)) })
 		line("JetStream consumers before / with clients / after", func(x *FanoutResult) string {
