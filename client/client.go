@@ -100,10 +100,12 @@ type Config struct {
 	RequestTimeout time.Duration
 
 	// BufferSize is how many live and heartbeat messages may wait while the
-	// client is busy (default 4096). Messages beyond it are dropped by the NATS
-	// connection, never blocking it; the client notices and catches up from the
-	// stream.
-	BufferSize int
+	// client is busy (default 4096), and BufferBytes how many bytes they may
+	// take (default 64 MiB: payloads, headers and subjects). Messages beyond
+	// either are dropped, never blocking the NATS connection; the client
+	// notices and catches up from the stream.
+	BufferSize  int
+	BufferBytes int
 
 	// TrustedKeys are the public NKeys (U…) whose signatures the client accepts on
 	// deltas, manifests and heartbeats (two during a key rotation; PROTOCOL.md §9).
@@ -143,6 +145,7 @@ func (c Config) WithDefaults() Config {
 	c.FallbackAfter = cmp.Or(c.FallbackAfter, 5*time.Second)
 	c.RequestTimeout = cmp.Or(c.RequestTimeout, 2*time.Second)
 	c.BufferSize = cmp.Or(c.BufferSize, 4096)
+	c.BufferBytes = cmp.Or(c.BufferBytes, 64<<20)
 	if c.RouterID == "" {
 		c.RouterID = defaultRouterID()
 	}
@@ -173,6 +176,9 @@ func (c Config) validate() error {
 	}
 	if c.BufferSize < 1 {
 		errs = append(errs, fmt.Errorf("client: Config.BufferSize must be positive (got %d)", c.BufferSize))
+	}
+	if c.BufferBytes < 1<<10 {
+		errs = append(errs, fmt.Errorf("client: Config.BufferBytes must be at least 1024 (got %d)", c.BufferBytes))
 	}
 	if len(c.TrustedKeys) > 0 {
 		if _, err := protocol.NewTrust(c.TrustedKeys...); err != nil {
@@ -210,7 +216,7 @@ type Client struct {
 	state   int        // stateNew, stateStarted, stateStopped
 	cancel  context.CancelFunc
 	done    chan struct{}
-	msgs    chan *nats.Msg
+	msgs    *liveQueue
 	subs    []*nats.Subscription
 	stopped chan struct{} // closed by Stop, so that Start(WaitBootstrap) returns
 
@@ -289,6 +295,7 @@ func (c *Client) Start(ctx context.Context) error {
 	}
 	if err := c.checkServer(ctx); err != nil {
 		unsubscribe(c.subs)
+		c.msgs.close()
 		c.msgs, c.subs = nil, nil
 		c.mu.Unlock()
 		return err
@@ -322,18 +329,20 @@ func (c *Client) subscribe() error {
 	if c.nc.IsClosed() || c.nc.IsDraining() {
 		return fmt.Errorf("client: start: NATS connection is %s", c.nc.Status())
 	}
-	msgs := make(chan *nats.Msg, c.cfg.BufferSize)
+	msgs := newLiveQueue(c.cfg.BufferSize, c.cfg.BufferBytes)
 	var subs []*nats.Subscription
 	for _, subject := range []string{c.names.Live(), c.names.Heartbeat()} {
-		sub, err := c.nc.ChanSubscribe(subject, msgs)
+		sub, err := c.nc.ChanSubscribe(subject, msgs.in)
 		if err != nil {
 			unsubscribe(subs)
+			msgs.close()
 			return fmt.Errorf("client: start: subscribe %s: %w", subject, err)
 		}
 		subs = append(subs, sub)
 	}
 	if err := c.nc.FlushTimeout(c.cfg.RequestTimeout); err != nil {
 		unsubscribe(subs)
+		msgs.close()
 		return fmt.Errorf("client: start: NATS does not answer: %w", err)
 	}
 	c.msgs, c.subs = msgs, subs

@@ -723,14 +723,7 @@ func TestBufferOverflowCatchesUp(t *testing.T) {
 	for i := range 40 {
 		src.commit(src.touch("ext.000001", 100+i))
 	}
-	waitFor(t, "the connection to drop messages", func() bool {
-		n := 0
-		for _, s := range c.subs {
-			d, _ := s.Dropped()
-			n += d
-		}
-		return n > 0
-	})
+	waitFor(t, "the buffer to drop messages", func() bool { return c.dropped() > 0 })
 	close(release)
 	waitSame(t, c, src)
 	if c.resyncs.Load() == 0 {
@@ -744,6 +737,49 @@ func TestBufferOverflowCatchesUp(t *testing.T) {
 	}
 }
 
+// TestBufferBoundInBytes: with room for thousands of messages but only 16 KiB, large
+// deltas arriving while the client is busy are dropped once they would exceed the
+// bytes, never queued beyond them; the client then catches up from the stream.
+func TestBufferBoundInBytes(t *testing.T) {
+	t.Parallel()
+	srv := harness.NewNATS(t, harness.NATSOptions{})
+	src := newSource(t, srv, 10, "")
+	release := make(chan struct{})
+	const bound = 16 << 10
+	c := startClient(t, srv.Connect(t), Config{
+		WaitBootstrap: true,
+		BufferSize:    4096,
+		BufferBytes:   bound,
+		OnChange: func(_, new *cache.Snapshot, _ []string) {
+			if new.Revision() == 2 {
+				<-release
+			}
+		},
+	})
+	big := strings.Repeat("x", 3000)
+	for i := range 30 {
+		e, _ := src.state().Get("ext.000002")
+		cp := *e
+		cp.Metadata = json.RawMessage(fmt.Sprintf(`{"pad":%q,"n":%d}`, big, i))
+		src.commit(aggregate(t, &cp))
+	}
+	waitFor(t, "the buffer to drop messages by bytes", func() bool { return c.dropped() > 0 })
+	if d := c.dropped(); d >= 30 {
+		t.Errorf("%d of 30 dropped: the buffer held none", d)
+	}
+	c.msgs.mu.Lock()
+	peak := c.msgs.peakBytes
+	c.msgs.mu.Unlock()
+	if peak > bound || peak == 0 {
+		t.Errorf("the buffer held up to %d bytes, bound %d", peak, bound)
+	}
+	close(release)
+	waitSame(t, c, src)
+	if c.resyncs.Load() == 0 {
+		t.Error("no resync after dropped messages")
+	}
+}
+
 func TestConfig(t *testing.T) {
 	t.Parallel()
 	srv := harness.NewNATS(t, harness.NATSOptions{})
@@ -752,17 +788,17 @@ func TestConfig(t *testing.T) {
 	if _, err := New(nil, Config{}); err == nil {
 		t.Error("New(nil) succeeded")
 	}
-	_, err := New(nc, Config{Prefix: "bad..prefix", BufferSize: -1, RequestTimeout: -time.Second, FallbackAfter: -1})
+	_, err := New(nc, Config{Prefix: "bad..prefix", BufferSize: -1, BufferBytes: 100, RequestTimeout: -time.Second, FallbackAfter: -1})
 	if err == nil {
 		t.Fatal("invalid config accepted")
 	}
-	for _, field := range []string{"Config.Prefix", "Config.BufferSize", "Config.RequestTimeout", "Config.FallbackAfter"} {
+	for _, field := range []string{"Config.Prefix", "Config.BufferSize", "Config.BufferBytes", "Config.RequestTimeout", "Config.FallbackAfter"} {
 		if !strings.Contains(err.Error(), field) {
 			t.Errorf("error does not name %s: %v", field, err)
 		}
 	}
 	d := Config{}.WithDefaults()
-	if d.Prefix != protocol.DefaultPrefix || d.BufferSize != 4096 || d.RequestTimeout != 2*time.Second || d.FallbackAfter != 5*time.Second || d.Logger == nil {
+	if d.Prefix != protocol.DefaultPrefix || d.BufferSize != 4096 || d.BufferBytes != 64<<20 || d.RequestTimeout != 2*time.Second || d.FallbackAfter != 5*time.Second || d.Logger == nil {
 		t.Errorf("defaults %+v", d)
 	}
 }

@@ -85,6 +85,7 @@ var (
 
 func (c *Client) run(ctx context.Context) {
 	defer close(c.done)
+	defer c.msgs.close()
 	defer unsubscribe(c.subs)
 	var reports sync.WaitGroup
 	reports.Go(func() { c.reportLoop(ctx) })
@@ -106,11 +107,11 @@ func (c *Client) run(ctx context.Context) {
 	watch := time.NewTicker(time.Second)
 	defer watch.Stop()
 	for {
-		var msgs chan *nats.Msg
+		var msgs chan struct{}
 		if c.snap.Load() != nil {
-			// Before the first snapshot, messages wait in the channel: those that
+			// Before the first snapshot, messages wait in the queue: those that
 			// arrive while the snapshot is read are applied or ignored after it.
-			msgs = c.msgs
+			msgs = c.msgs.ready
 		}
 		var timer <-chan time.Time
 		if c.loop.armed {
@@ -119,12 +120,14 @@ func (c *Client) run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case m := <-msgs:
-			switch m.Subject {
-			case live:
-				c.handleDelta(ctx, m)
-			case heartbeat:
-				c.handleHeartbeat(ctx, m)
+		case <-msgs:
+			if m := c.msgs.pop(); m != nil {
+				switch m.Subject {
+				case live:
+					c.handleDelta(ctx, m)
+				case heartbeat:
+					c.handleHeartbeat(ctx, m)
+				}
 			}
 			c.checkDropped(ctx)
 		case <-timer:
@@ -245,18 +248,24 @@ func (c *Client) handleHeartbeat(ctx context.Context, m *nats.Msg) {
 	}
 }
 
-// checkDropped notices messages the connection dropped because the buffer was
-// full: they may be deltas, so catch up with the stream.
-func (c *Client) checkDropped(ctx context.Context) {
-	n := 0
+// dropped is how many live and heartbeat messages were dropped so far.
+func (c *Client) dropped() int {
+	n := c.msgs.droppedCount()
 	for _, s := range c.subs {
 		if d, err := s.Dropped(); err == nil {
 			n += d
 		}
 	}
-	if n > c.loop.dropped {
+	return n
+}
+
+// checkDropped notices messages dropped because the buffer was full (by the queue,
+// or by the connection when the queue's forwarder fell behind): they may be deltas,
+// so catch up with the stream.
+func (c *Client) checkDropped(ctx context.Context) {
+	if n := c.dropped(); n > c.loop.dropped {
 		c.log.WarnContext(ctx, "client: live messages dropped (buffer full); catching up from the stream",
-			slog.Int("dropped", n-c.loop.dropped), slog.Int("buffer_size", c.cfg.BufferSize))
+			slog.Int("dropped", n-c.loop.dropped), slog.Int("buffer_size", c.cfg.BufferSize), slog.Int("buffer_bytes", c.cfg.BufferBytes))
 		c.loop.dropped = n
 		c.want(ctx, goal{probe: true, reason: "dropped messages"})
 	}
