@@ -25,11 +25,11 @@ func TestCatchUpTakesTheCheaperPath(t *testing.T) {
 		src.writeSnapshot()
 		src.heartbeat()
 		waitSame(t, c, src)
-		if chain, snap := c.catchUps[pathChain].Load(), c.catchUps[pathSnapshot].Load(); snap != 1 || chain != 0 {
-			t.Fatalf("catch-ups by chain %d, by snapshot %d; want the snapshot once", chain, snap)
-		}
 		if n := c.applied.Load(); n != 0 {
 			t.Fatalf("%d stored deltas applied, want none: the snapshot is at the target", n)
+		}
+		if chain, snap := c.catchUps[pathChain].Load(), c.catchUps[pathSnapshot].Load(); snap != 1 || chain != 0 {
+			t.Fatalf("catch-ups by chain %d, by snapshot %d; want the snapshot once", chain, snap)
 		}
 		if got := c.revisions(); len(got) != 2 || got[1] != 1+behind {
 			t.Fatalf("OnChange revisions %v, want the bootstrap and then %d", got, 1+behind)
