@@ -781,9 +781,15 @@ type storedManifest struct {
 	m   *protocol.Manifest // nil: undecodable (never kept, nor anything older)
 }
 
-// maxStoredManifests bounds the manifests storedManifests reads: far more than the grace
-// and the byte bound keep (one per snapshot write during the grace).
+// maxStoredManifests bounds the manifests storedManifests reads: far more than
+// purgeSnapshots keeps.
 const maxStoredManifests = 10_000
+
+// maxReplacedKept bounds the replaced snapshots kept within their grace, whatever their
+// size, so that a write reads at most that many manifests: with the default interval (1 s)
+// and grace (30 s) it never binds; with an interval below SnapshotGrace/40 the grace is 40
+// intervals.
+const maxReplacedKept = 40
 
 // storedManifests reads every manifest the stream holds, oldest first, one direct get
 // each (next_by_subj, answered by every supported server).
@@ -812,7 +818,7 @@ func (p *Publisher) storedManifests(ctx context.Context) ([]storedManifest, erro
 // current snapshot) of the oldest snapshot kept at now: the current one and the one
 // before it always; an older one while it was replaced (its successor's manifest
 // created) less than SnapshotGrace ago and, counting from the newest, the sizes fit in
-// SnapshotRetainBytes.
+// SnapshotRetainBytes and at most maxReplacedKept are replaced ones.
 func (p *Publisher) oldestKept(ms []storedManifest, now time.Time) int {
 	k, total := len(ms), int64(0)
 	for i := len(ms) - 1; i >= 0; i-- {
@@ -821,7 +827,7 @@ func (p *Publisher) oldestKept(ms []storedManifest, now time.Time) int {
 			break
 		}
 		total += int64(m.Size)
-		if i < len(ms)-2 && (now.Sub(ms[i+1].m.CreatedAt) >= p.cfg.SnapshotGrace || total > p.cfg.SnapshotRetainBytes) {
+		if i < len(ms)-2 && (now.Sub(ms[i+1].m.CreatedAt) >= p.cfg.SnapshotGrace || total > p.cfg.SnapshotRetainBytes || len(ms)-1-i > maxReplacedKept) {
 			break
 		}
 		k = i

@@ -131,6 +131,22 @@ func TestSnapshotGraceOnEveryServer(t *testing.T) {
 			write(q, 8)
 			kept(7, 8)
 
+			// However small, at most 40 replaced snapshots are kept (each write reads the
+			// manifests of those it keeps).
+			lctx, lcancel := context.WithTimeout(t.Context(), 60*time.Second)
+			defer lcancel()
+			for rev := int64(9); rev <= 55; rev++ {
+				if _, err := p.WriteSnapshot(lctx, snapshot(t, rev, 10), false); err != nil {
+					t.Fatalf("WriteSnapshot %d: %v", rev, err)
+				}
+			}
+			if mc := subjectCounts(t, lctx, js, names.SnapshotStream, names.Manifest()); sum(mc) != 41 {
+				t.Fatalf("manifests stored %v after 47 writes within the grace, want 41 (the current one and 40 replaced)", mc)
+			}
+			if chunks := subjectCounts(t, lctx, js, names.SnapshotStream, names.ChunkSubjects()); len(chunks) != 41 || chunks[names.ChunkSubject(15)] != 1 || chunks[names.ChunkSubject(14)] != 0 {
+				t.Fatalf("%d chunk subjects stored, want those of revisions 15 to 55", len(chunks))
+			}
+
 		})
 	}
 }
