@@ -40,7 +40,7 @@ func encode(t *testing.T, d *protocol.Delta) []byte {
 	return data
 }
 
-func snapshot(t *testing.T, rev int64, n int) *cache.Snapshot {
+func snapshot(t testing.TB, rev int64, n int) *cache.Snapshot {
 	t.Helper()
 	s, err := cache.New(rev, protocol.SourceDatabase, cache.Synthetic(n))
 	if err != nil {
