@@ -31,7 +31,9 @@ func (s *term) snapshotWriter(ctx context.Context) {
 			// Snapshots replaced within the grace stay readable (slow routers finish their
 			// read); while they fill the retention bytes the write waits, so the interval
 			// grows with the snapshot's size. A forced write (a repair) does not wait.
-			wait, err := s.pub.SnapshotWait(ctx)
+			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			wait, err := s.pub.SnapshotWait(wctx)
+			cancel()
 			if err != nil {
 				s.log.WarnContext(ctx, "syncer: reading the stored snapshots failed; writing without waiting", "error", err)
 			}
