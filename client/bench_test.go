@@ -235,3 +235,47 @@ func BenchmarkVerify(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkCatchUpCrossover starts a client on n synthetic extensions (a real
+// bootstrap), has it catch up 200 stored one-row deltas, and reports its cost
+// model once stopped: a direct get, one delta's apply, the snapshot read
+// (per byte x the stored snapshot's size) and the crossover, the number of
+// deltas behind from which the snapshot is read (twice the chain's estimate:
+// snapshotAdvantage).
+func BenchmarkCatchUpCrossover(b *testing.B) {
+	for _, n := range []int{10_000, 100_000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			srv := harness.NewNATS(b, harness.NATSOptions{})
+			src := newSource(b, srv, n, "")
+			var get, apply, snap, crossover float64
+			for b.Loop() {
+				c, err := New(srv.Connect(b), Config{WaitBootstrap: true, Logger: testLogger(b)})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := c.Start(context.Background()); err != nil {
+					b.Fatal(err)
+				}
+				for i := range 200 {
+					src.store(src.next(src.touch(fmt.Sprintf("ext.%06d", i), 1000+i)))
+				}
+				src.heartbeat()
+				want := src.state().Revision()
+				waitFor(b, "the catch-up", func() bool { return c.Revision() == want })
+				c.Stop()
+				m, err := c.reader.Manifest(context.Background())
+				if err != nil {
+					b.Fatal(err)
+				}
+				cm := &c.loop.cost
+				get, apply = cm.get.or(0), cm.apply.or(0)
+				snap = float64(cm.snapshot(m, m.Revision))
+				crossover = snapshotAdvantage * snap / (get + apply)
+			}
+			b.ReportMetric(get/1e3, "get-µs")
+			b.ReportMetric(apply/1e3, "apply-µs")
+			b.ReportMetric(snap/1e6, "snapshot-ms")
+			b.ReportMetric(crossover, "crossover-deltas")
+		})
+	}
+}

@@ -208,6 +208,7 @@ type Client struct {
 	resyncs    atomic.Uint64
 	rejections atomic.Uint64
 	applied    atomic.Uint64
+	catchUps   [2]atomic.Uint64 // catch-ups that chose the chain of stored deltas, the snapshot (sync.go pathChain, pathSnapshot)
 	metrics    *collector
 	report     *reporter
 	calls      atomic.Pointer[invoker] // invocation state (invoke.go), created on first use

@@ -965,9 +965,14 @@ registry_client_revision 2
 # HELP registry_client_ready 1 when the client serves a snapshot (from the registry or the fallback), else 0.
 # TYPE registry_client_ready gauge
 registry_client_ready 1
+# HELP registry_client_catchups_total Catch-ups of more than a few deltas, by the path their estimated cost chose: chain (the stored deltas) or snapshot (PROTOCOL.md §6).
+# TYPE registry_client_catchups_total counter
+registry_client_catchups_total{path="chain"} 0
+registry_client_catchups_total{path="snapshot"} 0
 `
 	if err := testutil.CollectAndCompare(c.Collector(), strings.NewReader(want),
-		"registry_client_deltas_applied_total", "registry_client_rejections_total", "registry_client_revision", "registry_client_ready"); err != nil {
+		"registry_client_deltas_applied_total", "registry_client_rejections_total", "registry_client_revision", "registry_client_ready",
+		"registry_client_catchups_total"); err != nil {
 		t.Error(err)
 	}
 	if n := gaugeValue(t, c, "registry_client_commit_to_apply_seconds"); n != 1 {
@@ -976,7 +981,7 @@ registry_client_ready 1
 	if s := gaugeValue(t, c, "registry_client_staleness_seconds"); s < 0 || s > 60 {
 		t.Errorf("staleness %v", s)
 	}
-	if n := testutil.CollectAndCount(c.Collector()); n != 8 {
+	if n := testutil.CollectAndCount(c.Collector()); n != 10 {
 		t.Errorf("%d metrics", n)
 	}
 }

@@ -18,6 +18,7 @@ type collector struct {
 	resyncs    *prometheus.Desc
 	rejections *prometheus.Desc
 	applied    *prometheus.Desc
+	catchUps   *prometheus.Desc
 	lag        prometheus.Histogram
 }
 
@@ -38,6 +39,8 @@ func newCollector(c *Client) *collector {
 			"Payloads the client refused (undecodable, invalid, not applicable, or failing checksum verification).", nil, nil),
 		applied: prometheus.NewDesc("registry_client_deltas_applied_total",
 			"Deltas applied and verified, from the live subject or fetched from the stream.", nil, nil),
+		catchUps: prometheus.NewDesc("registry_client_catchups_total",
+			"Catch-ups of more than a few deltas, by the path their estimated cost chose: chain (the stored deltas) or snapshot (PROTOCOL.md §6).", []string{"path"}, nil),
 		lag: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "registry_client_commit_to_apply_seconds",
 			Help:    "Time from a revision's database commit to its application by the client.",
@@ -47,7 +50,7 @@ func newCollector(c *Client) *collector {
 }
 
 func (m *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.revision, m.staleness, m.ready, m.fallback, m.resyncs, m.rejections, m.applied} {
+	for _, d := range []*prometheus.Desc{m.revision, m.staleness, m.ready, m.fallback, m.resyncs, m.rejections, m.applied, m.catchUps} {
 		ch <- d
 	}
 	m.lag.Describe(ch)
@@ -79,6 +82,9 @@ func (m *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(m.resyncs, prometheus.CounterValue, float64(c.resyncs.Load()))
 	ch <- prometheus.MustNewConstMetric(m.rejections, prometheus.CounterValue, float64(c.rejections.Load()))
 	ch <- prometheus.MustNewConstMetric(m.applied, prometheus.CounterValue, float64(c.applied.Load()))
+	for path, name := range pathNames {
+		ch <- prometheus.MustNewConstMetric(m.catchUps, prometheus.CounterValue, float64(c.catchUps[path].Load()), name)
+	}
 	m.lag.Collect(ch)
 	inv := c.invokerOf()
 	inv.prune()

@@ -46,13 +46,17 @@ type loopState struct {
 	// not logged since.
 	rejectLogged time.Time
 	rejectQuiet  int
+	// cost is what the client measured of its reads and applies: catch-up chooses the
+	// chain of stored deltas or the snapshot by it (chooseCatchUp).
+	cost costModel
 }
 
 const (
 	backoffMin = 50 * time.Millisecond
 	backoffMax = 2 * time.Second
-	// maxChain bounds how many stored deltas are fetched to bridge one gap;
-	// beyond it the snapshot is read instead.
+	// maxChain bounds how many stored deltas are held in memory to bridge one
+	// gap (the estimated costs choose the path: chooseCatchUp); beyond it the
+	// snapshot is read instead.
 	maxChain = 10_000
 	// snapshotMovedRetries bounds immediate rereads when the snapshot is
 	// replaced while being read.
@@ -73,7 +77,76 @@ const (
 	rejectLogEvery = time.Second
 )
 
+// Catch-up paths (Client.catchUps, the registry_client_catchups_total label).
+const (
+	pathChain = iota
+	pathSnapshot
+)
+
+var pathNames = [...]string{pathChain: "chain", pathSnapshot: "snapshot"}
+
+// Priors of the cost model until the client measured its own reads: a direct get
+// on loopback, applying a small delta, reading and decoding a snapshot per byte.
+const (
+	priorGet          = 200 * time.Microsecond
+	priorApply        = 50 * time.Microsecond
+	priorSnapshotByte = 25 * time.Nanosecond
+	// snapshotAdvantage: the snapshot is read only when its estimate is below the
+	// chain's divided by this (the chain also reports every revision through
+	// OnChange; estimates close to each other do not flip the path back and forth).
+	snapshotAdvantage = 2
+)
+
+// ewma is an exponentially weighted moving average (weight 1/8 for each new sample).
+type ewma struct {
+	v float64
+	n int
+}
+
+func (e *ewma) observe(x float64) {
+	if e.n == 0 {
+		e.v = x
+	} else {
+		e.v += (x - e.v) / 8
+	}
+	e.n++
+}
+
+// or is the average, or def before any sample.
+func (e ewma) or(def float64) float64 {
+	if e.n == 0 {
+		return def
+	}
+	return e.v
+}
+
+// costModel holds the client's measurements, in nanoseconds. It belongs to the run
+// goroutine.
+type costModel struct {
+	get          ewma // one direct get of a stored delta (round trip and transfer)
+	apply        ewma // applying and verifying one delta
+	snapshotByte ewma // reading, decoding and diffing a snapshot, per byte of its document
+}
+
+// chain estimates fetching and applying n stored deltas.
+func (m *costModel) chain(n int64) time.Duration {
+	return time.Duration(float64(n) * (m.get.or(float64(priorGet)) + m.apply.or(float64(priorApply))))
+}
+
+// snapshot estimates reading the snapshot of man and then the deltas stored after it up
+// to target. Before any snapshot was read, its chunks cost a direct get each plus the
+// per-byte prior.
+func (m *costModel) snapshot(man *protocol.Manifest, target int64) time.Duration {
+	read := float64(man.Size) * m.snapshotByte.or(0)
+	if m.snapshotByte.n == 0 {
+		read = float64(len(man.Sequences)+1)*m.get.or(float64(priorGet)) + float64(man.Size)*float64(priorSnapshotByte)
+	}
+	return time.Duration(read) + m.chain(max(0, target-man.Revision))
+}
+
 var (
+	// errSnapshotCheaper: the snapshot's estimated cost is below the chain's.
+	errSnapshotCheaper = errors.New("the stored snapshot is cheaper than the chain of stored deltas")
 	// errMissing: a delta needed to bridge a gap is not stored (aged out, lost,
 	// or the revisions jump); the snapshot must catch up.
 	errMissing = errors.New("stored delta missing")
@@ -390,7 +463,7 @@ func (c *Client) resync(ctx context.Context) {
 func (c *Client) tryResync(ctx context.Context, g *goal) error {
 	var deltaErr error
 	if c.base() != nil && !g.hard {
-		deltaErr = c.catchUp(ctx, g)
+		deltaErr = c.catchUp(ctx, g, true)
 		if deltaErr == nil {
 			if c.satisfied(g) {
 				return nil
@@ -408,7 +481,7 @@ func (c *Client) tryResync(ctx context.Context, g *goal) error {
 		return errors.Join(deltaErr, errBehind)
 	}
 	g.hard = false
-	if err := c.catchUp(ctx, g); err != nil {
+	if err := c.catchUp(ctx, g, false); err != nil {
 		g.hard = needsSnapshot(err)
 		return err
 	}
@@ -418,7 +491,7 @@ func (c *Client) tryResync(ctx context.Context, g *goal) error {
 // needsSnapshot reports whether a catch-up failure can only be repaired by a
 // newer snapshot (rather than by retrying the same reads).
 func needsSnapshot(err error) bool {
-	return errors.Is(err, errNeedSnapshot) || errors.Is(err, errMissing)
+	return errors.Is(err, errNeedSnapshot) || errors.Is(err, errMissing) || errors.Is(err, errSnapshotCheaper)
 }
 
 // base is the served snapshot when deltas may extend it (not the fallback).
@@ -432,8 +505,11 @@ func (c *Client) base() *cache.Snapshot {
 
 // catchUp applies the stored deltas that lead from the served revision to the
 // newer of g.target and the stream's newest delta, walking back through
-// prev_revision links (so revisions may jump) and applying in order.
-func (c *Client) catchUp(ctx context.Context, g *goal) error {
+// prev_revision links (so revisions may jump) and applying in order. With
+// snapshotOK, it first compares the estimated costs of that chain and of the
+// stored snapshot (chooseCatchUp), and returns errSnapshotCheaper when the
+// snapshot wins.
+func (c *Client) catchUp(ctx context.Context, g *goal, snapshotOK bool) error {
 	cur := c.base()
 	tip, err := c.lastStored(ctx)
 	if err != nil {
@@ -447,6 +523,11 @@ func (c *Client) catchUp(ctx context.Context, g *goal) error {
 	if target <= cur.Revision() {
 		g.probe = false
 		return nil
+	}
+	if snapshotOK {
+		if err := c.chooseCatchUp(ctx, cur, target); err != nil {
+			return err
+		}
 	}
 	d := tip
 	if d == nil || d.Revision != target {
@@ -482,11 +563,54 @@ func (c *Client) catchUp(ctx context.Context, g *goal) error {
 	return nil
 }
 
+// chooseCatchUp estimates the cost of the chain from cur to target (at most
+// target - cur.Revision() deltas: revisions may jump) and, when reading the
+// manifest may pay (the chain costs more than the two direct gets any snapshot
+// takes), the cost of the stored snapshot followed by the deltas after it; it
+// returns errSnapshotCheaper when the snapshot's is below the chain's by
+// snapshotAdvantage. PROTOCOL.md §6 states the rule.
+func (c *Client) chooseCatchUp(ctx context.Context, cur *cache.Snapshot, target int64) error {
+	behind := target - cur.Revision()
+	chain := c.loop.cost.chain(behind)
+	floor := 2 * time.Duration(c.loop.cost.get.or(float64(priorGet)))
+	if chain <= snapshotAdvantage*floor {
+		return nil // no snapshot can be cheaper enough: do not read the manifest
+	}
+	mctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+	m, err := c.reader.Manifest(mctx)
+	cancel()
+	path, why := pathChain, "the chain is cheaper"
+	var snap time.Duration
+	switch {
+	case err != nil:
+		why = "no readable snapshot manifest: " + err.Error()
+	case !c.replaces(cur, m.Revision, m.Content()) || m.Revision <= cur.Revision():
+		why = "the stored snapshot is not newer than the served revision"
+	default:
+		snap = c.loop.cost.snapshot(m, target)
+		if snap*snapshotAdvantage < chain {
+			path, why = pathSnapshot, "the snapshot is cheaper"
+		}
+	}
+	c.catchUps[path].Add(1)
+	c.log.InfoContext(ctx, "client: catch-up path chosen", slog.String("path", pathNames[path]), slog.String("why", why),
+		slog.Int64("revision", cur.Revision()), slog.Int64("target", target), slog.Int64("deltas_behind", behind),
+		slog.Duration("chain_estimate", chain), slog.Duration("snapshot_estimate", snap))
+	if path == pathSnapshot {
+		return fmt.Errorf("%w: %d deltas behind, estimated %s, the snapshot %s", errSnapshotCheaper, behind, chain, snap)
+	}
+	return nil
+}
+
 // lastStored returns the newest stored delta (nil when none is stored).
 func (c *Client) lastStored(ctx context.Context) (*protocol.Delta, error) {
 	rctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
 	defer cancel()
+	start := time.Now()
 	st, err := c.reader.Last(rctx, c.names.DeltaStream, c.names.DeltaSubjects())
+	if err == nil {
+		c.loop.cost.get.observe(float64(time.Since(start)))
+	}
 	if errors.Is(err, protocol.ErrNotFound) || errors.Is(err, protocol.ErrNoStream) {
 		return nil, nil
 	}
@@ -510,9 +634,11 @@ func (c *Client) lastStored(ctx context.Context) (*protocol.Delta, error) {
 func (c *Client) fetch(ctx context.Context, rev int64) (*protocol.Delta, error) {
 	rctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
 	defer cancel()
+	start := time.Now()
 	d, err := c.reader.Delta(rctx, rev)
 	switch {
 	case err == nil:
+		c.loop.cost.get.observe(float64(time.Since(start)))
 		return d, nil
 	case errors.Is(err, protocol.ErrNotFound), errors.Is(err, protocol.ErrNoStream):
 		return nil, fmt.Errorf("%w: revision %d", errMissing, rev)
@@ -560,6 +686,7 @@ func (c *Client) fromSnapshot(ctx context.Context, g *goal) (bool, error) {
 	}
 	for try := 0; ; try++ {
 		sctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout*time.Duration(len(m.Sequences)+1))
+		start := time.Now()
 		snap, sm, err := c.reader.Snapshot(sctx)
 		cancel()
 		if errors.Is(err, protocol.ErrSnapshotMoved) && try < snapshotMovedRetries {
@@ -580,7 +707,11 @@ func (c *Client) fromSnapshot(ctx context.Context, g *goal) (bool, error) {
 		if !c.replaces(cur, snap.Revision(), protocol.Content{ChecksumV2: snap.ChecksumV2()}) { // both computed from content
 			return false, nil
 		}
-		c.install(cur, snap, cur.Diff(snap))
+		changed := cur.Diff(snap)
+		if sm.Size > 0 {
+			c.loop.cost.snapshotByte.observe(float64(time.Since(start)) / float64(sm.Size))
+		}
+		c.install(cur, snap, changed)
 		c.log.InfoContext(ctx, "client: snapshot installed", slog.Int64("revision", snap.Revision()),
 			slog.String("checksum_v2", snap.ChecksumV2()), slog.Int("extensions", snap.Len()),
 			slog.String("source", snap.Source()), slog.String("reason", g.reason))
@@ -624,6 +755,7 @@ func (c *Client) replaces(cur *cache.Snapshot, rev int64, sum protocol.Content) 
 // delta's checksum and count, and installs it. The error wraps ErrRejected.
 func (c *Client) applyDelta(d *protocol.Delta, from string) error {
 	cur := c.snap.Load()
+	start := time.Now()
 	next, changed, err := cur.Apply(d.Revision, d.Source, d.Changes)
 	if err != nil {
 		return fmt.Errorf("%w: %s delta %d: %w", ErrRejected, from, d.Revision, err)
@@ -637,6 +769,7 @@ func (c *Client) applyDelta(d *protocol.Delta, from string) error {
 		return fmt.Errorf("%w: %s delta %d: applied to revision %d it gives %s and %d extensions; the delta says %s and %d",
 			ErrRejected, from, d.Revision, cur.Revision(), got, next.Len(), want, d.Count)
 	}
+	c.loop.cost.apply.observe(float64(time.Since(start)))
 	c.install(cur, next, changed)
 	c.applied.Add(1)
 	if !d.CommittedAt.IsZero() {

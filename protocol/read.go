@@ -76,6 +76,14 @@ func (r *Reader) BySeq(ctx context.Context, stream string, seq uint64) (*Stored,
 	return r.directGet(ctx, stream, map[string]uint64{"seq": seq})
 }
 
+// Next reads the first message stored on subject at or after sequence from.
+func (r *Reader) Next(ctx context.Context, stream, subject string, from uint64) (*Stored, error) {
+	return r.directGet(ctx, stream, struct {
+		Seq  uint64 `json:"seq"`
+		Next string `json:"next_by_subj"`
+	}{from, subject})
+}
+
 // Delta reads the stored delta of revision rev (ErrNotFound when the stream lacks it).
 func (r *Reader) Delta(ctx context.Context, rev int64) (*Delta, error) {
 	st, err := r.Last(ctx, r.Names.DeltaStream, r.Names.DeltaSubject(rev))

@@ -23,6 +23,12 @@ import (
 	"github.com/beamline/registry-syncer/protocol"
 )
 
+// Defaults of the snapshot retention (Config.SnapshotGrace, Config.SnapshotRetainBytes).
+const (
+	DefaultSnapshotGrace             = 30 * time.Second
+	DefaultSnapshotRetainBytes int64 = 256 << 20
+)
+
 // Config tunes the streams. Zero values take the documented defaults.
 type Config struct {
 	// Prefix of every subject (default protocol.DefaultPrefix).
@@ -38,6 +44,18 @@ type Config struct {
 	DeltaMaxBytes int64
 	// SnapshotMaxBytes bounds the snapshot stream's size (default -1: unlimited).
 	SnapshotMaxBytes int64
+	// SnapshotGrace is how long a replaced snapshot stays readable (default 30s): a
+	// router that read its manifest has at least this long to read its chunks
+	// (PROTOCOL.md §7). The current snapshot and the one before it are always kept.
+	SnapshotGrace time.Duration
+	// SnapshotRetainBytes bounds the bytes of the snapshots kept (default 256 MiB): the
+	// current one, the previous one, and those replaced less than SnapshotGrace ago.
+	// SnapshotWait defers a new snapshot while it would not fit; a snapshot written
+	// anyway (forced) purges the oldest replaced ones beyond the bound.
+	SnapshotRetainBytes int64
+	// Clock is the time used to date manifests and measure the grace (nil: time.Now);
+	// tests set it.
+	Clock func() time.Time
 	// DuplicateWindow is JetStream's Nats-Msg-Id window (default 2 minutes). Duplicates
 	// older than the window are still refused: each revision has its own subject and is
 	// published with an expected last-subject sequence of 0.
@@ -61,6 +79,11 @@ func (c Config) WithDefaults() Config {
 	c.DeltaMaxMsgs = cmp.Or(c.DeltaMaxMsgs, 1_000_000)
 	c.DeltaMaxBytes = cmp.Or(c.DeltaMaxBytes, -1)
 	c.SnapshotMaxBytes = cmp.Or(c.SnapshotMaxBytes, -1)
+	c.SnapshotGrace = cmp.Or(c.SnapshotGrace, DefaultSnapshotGrace)
+	c.SnapshotRetainBytes = cmp.Or(c.SnapshotRetainBytes, DefaultSnapshotRetainBytes)
+	if c.Clock == nil {
+		c.Clock = time.Now
+	}
 	c.DuplicateWindow = cmp.Or(c.DuplicateWindow, 2*time.Minute)
 	c.Timeout = cmp.Or(c.Timeout, 5*time.Second)
 	return c
@@ -79,6 +102,15 @@ func (c Config) validate() error {
 	}
 	if c.DuplicateWindow < time.Second {
 		errs = append(errs, fmt.Errorf("publisher: DuplicateWindow must be at least 1s (got %s)", c.DuplicateWindow))
+	}
+	if c.SnapshotGrace < 0 {
+		errs = append(errs, fmt.Errorf("publisher: SnapshotGrace must not be negative (got %s)", c.SnapshotGrace))
+	}
+	if c.SnapshotRetainBytes < 1 {
+		errs = append(errs, fmt.Errorf("publisher: SnapshotRetainBytes must be positive (got %d)", c.SnapshotRetainBytes))
+	}
+	if c.SnapshotMaxBytes > 0 && c.SnapshotRetainBytes > c.SnapshotMaxBytes {
+		errs = append(errs, fmt.Errorf("publisher: SnapshotRetainBytes (%d) must not exceed the snapshot stream's SnapshotMaxBytes (%d): the stream would drop snapshots still within their grace", c.SnapshotRetainBytes, c.SnapshotMaxBytes))
 	}
 	if c.ChunkSize < 0 {
 		errs = append(errs, fmt.Errorf("publisher: ChunkSize must not be negative (got %d)", c.ChunkSize))
@@ -304,33 +336,36 @@ func (p *Publisher) EnsureStreams(ctx context.Context) error {
 // 2.11, leaving a snapshot no one can read, which readers (and a syncer restoring from
 // the streams) retried forever. Without it the stream holds deltas but no snapshot,
 // which the syncer repairs with a full sync and routers bootstrap from once written.
-// Only that manifest message (by sequence) is deleted: one written since survives.
+// Only that manifest message (by sequence) is deleted: one written since survives. The
+// manifests of older snapshots kept for their grace (purgeSnapshots) are checked in
+// turn: the newest manifest whose chunks are all there is the snapshot readers get
+// (except on nats-server 2.9, which answers last_by_subj with 404 once a subject's last
+// message is deleted, until the next snapshot is written).
 func (p *Publisher) repairSnapshot(ctx context.Context) error {
-	st, err := p.read.Last(ctx, p.names.SnapshotStream, p.names.Manifest())
-	if errors.Is(err, protocol.ErrNotFound) {
-		return nil
-	}
+	ms, err := p.storedManifests(ctx)
 	if err != nil {
 		return err
-	}
-	var m protocol.Manifest
-	if json.Unmarshal(st.Data, &m) != nil || m.Validate() != nil {
-		return nil // not ours to judge: readers reject it as invalid
 	}
 	s, err := p.js.Stream(ctx, p.names.SnapshotStream)
 	if err != nil {
 		return err
 	}
-	subject := p.names.ChunkSubject(m.Revision)
-	info, err := s.Info(ctx, jetstream.WithSubjectFilter(subject))
-	if err != nil {
-		return err
-	}
-	if info.State.Subjects[subject] >= uint64(len(m.Sequences)) {
-		return nil
-	}
-	if err := s.DeleteMsg(ctx, st.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-		return fmt.Errorf("delete the manifest of snapshot %d, whose chunks are gone: %w", m.Revision, err)
+	for i := len(ms) - 1; i >= 0; i-- {
+		m := ms[i].m
+		if m == nil {
+			return nil // not ours to judge: readers reject it as invalid
+		}
+		subject := p.names.ChunkSubject(m.Revision)
+		info, err := s.Info(ctx, jetstream.WithSubjectFilter(subject))
+		if err != nil {
+			return err
+		}
+		if info.State.Subjects[subject] >= uint64(len(m.Sequences)) {
+			return nil
+		}
+		if err := s.DeleteMsg(ctx, ms[i].seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return fmt.Errorf("delete the manifest of snapshot %d, whose chunks are gone: %w", m.Revision, err)
+		}
 	}
 	return nil
 }
@@ -638,10 +673,11 @@ func (p *Publisher) LastDelta(ctx context.Context) (*protocol.Delta, error) {
 	return d, nil
 }
 
-// WriteSnapshot stores snap as chunks followed by its manifest, then purges all but the
-// previous snapshot (a router may still be reading it). Unless force is set, writing the
-// revision of the stored manifest is a no-op, and an older revision than the stored one
-// is never written.
+// WriteSnapshot stores snap as chunks followed by its manifest, then purges the snapshots
+// no router may still be reading: it keeps the previous one and those replaced less than
+// Config.SnapshotGrace ago, within Config.SnapshotRetainBytes (see SnapshotWait). Unless
+// force is set, writing the revision of the stored manifest is a no-op, and an older
+// revision than the stored one is never written.
 func (p *Publisher) WriteSnapshot(ctx context.Context, snap *cache.Snapshot, force bool) (*protocol.Manifest, error) {
 	return p.WriteSnapshotFrom(ctx, snap, force, Origin{})
 }
@@ -701,7 +737,7 @@ func (p *Publisher) WriteSnapshotFrom(ctx context.Context, snap *cache.Snapshot,
 	digest := sha256.Sum256(doc)
 	man := &protocol.Manifest{Revision: snap.Revision(), Checksum: snap.Checksum(), ChecksumV2: snap.ChecksumV2(),
 		SHA256: hex.EncodeToString(digest[:]), Source: snap.Source(),
-		Count: snap.Len(), Size: len(doc), Sequences: seqs, CreatedAt: time.Now().UTC(), RegistryID: origin.RegistryID}
+		Count: snap.Len(), Size: len(doc), Sequences: seqs, CreatedAt: p.cfg.Clock().UTC(), RegistryID: origin.RegistryID}
 	if !origin.CommittedAt.IsZero() {
 		at := origin.CommittedAt.UTC()
 		man.CommittedAt = &at
@@ -725,21 +761,109 @@ func (p *Publisher) WriteSnapshotFrom(ctx context.Context, snap *cache.Snapshot,
 	if err := p.EnsureKey(ctx); err != nil {
 		return nil, fmt.Errorf("write snapshot %d: %w", snap.Revision(), err)
 	}
-	if _, err := p.js.PublishMsg(ctx, mm); err != nil {
+	ack, err := p.js.PublishMsg(ctx, mm)
+	if err != nil {
 		return nil, fmt.Errorf("write snapshot %d manifest: %w", snap.Revision(), err)
 	}
-	// Keep the new snapshot and the one before it; purge older chunks and manifests.
+	// Keep the snapshots a router may still be reading; purge older chunks and manifests.
 	if err := p.fenced(fmt.Sprintf("purge snapshots before %d", snap.Revision())); err != nil {
 		return man, err
 	}
-	if err := p.purgeSnapshots(ctx, man, prev); err != nil {
+	if err := p.purgeSnapshots(ctx, man, ack.Sequence); err != nil {
 		return man, fmt.Errorf("purge old snapshots after writing %d: %w", snap.Revision(), err)
 	}
 	return man, nil
 }
 
-// purgeSnapshots keeps the snapshot just written (cur) and the one before it (prev, which
-// a router may still be reading) and purges every other chunk and manifest.
+// storedManifest is one message of the manifest subject.
+type storedManifest struct {
+	seq uint64
+	m   *protocol.Manifest // nil: undecodable (never kept, nor anything older)
+}
+
+// maxStoredManifests bounds the manifests storedManifests reads: far more than
+// purgeSnapshots keeps.
+const maxStoredManifests = 10_000
+
+// maxReplacedKept bounds the replaced snapshots kept within their grace, whatever their
+// size, so that a write reads at most that many manifests: with the default interval (1 s)
+// and grace (30 s) it never binds; with an interval below SnapshotGrace/40 the grace is 40
+// intervals.
+const maxReplacedKept = 40
+
+// storedManifests reads every manifest the stream holds, oldest first, one direct get
+// each (next_by_subj, answered by every supported server).
+func (p *Publisher) storedManifests(ctx context.Context) ([]storedManifest, error) {
+	var out []storedManifest
+	for from := uint64(1); len(out) < maxStoredManifests; {
+		st, err := p.read.Next(ctx, p.names.SnapshotStream, p.names.Manifest(), from)
+		if errors.Is(err, protocol.ErrNotFound) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read the stored manifests: %w", err)
+		}
+		sm := storedManifest{seq: st.Sequence}
+		var m protocol.Manifest
+		if json.Unmarshal(st.Data, &m) == nil && m.Validate() == nil {
+			sm.m = &m
+		}
+		out = append(out, sm)
+		from = st.Sequence + 1
+	}
+	return nil, fmt.Errorf("read the stored manifests: more than %d on %s", maxStoredManifests, p.names.Manifest())
+}
+
+// oldestKept returns the index in ms (stored manifests, oldest first; the last is the
+// current snapshot) of the oldest snapshot kept at now: the current one and the one
+// before it always; an older one while it was replaced (its successor's manifest
+// created) less than SnapshotGrace ago and, counting from the newest, the sizes fit in
+// SnapshotRetainBytes and at most maxReplacedKept are replaced ones.
+func (p *Publisher) oldestKept(ms []storedManifest, now time.Time) int {
+	k, total := len(ms), int64(0)
+	for i := len(ms) - 1; i >= 0; i-- {
+		m := ms[i].m
+		if m == nil {
+			break
+		}
+		total += int64(m.Size)
+		if i < len(ms)-2 && (now.Sub(ms[i+1].m.CreatedAt) >= p.cfg.SnapshotGrace || total > p.cfg.SnapshotRetainBytes || len(ms)-1-i > maxReplacedKept) {
+			break
+		}
+		k = i
+	}
+	return k
+}
+
+// SnapshotWait reports how long to wait before writing the next snapshot so that every
+// snapshot replaced less than Config.SnapshotGrace ago stays within
+// Config.SnapshotRetainBytes, counting the new one as large as the current one (0: write
+// now). This is what makes the snapshot interval adapt to the snapshot's size: at most
+// RetainBytes/size snapshots are kept, so at most that many are written per grace period.
+// A write is never deferred when only the current snapshot and the one before it would be
+// kept.
+func (p *Publisher) SnapshotWait(ctx context.Context) (time.Duration, error) {
+	ms, err := p.storedManifests(ctx)
+	if err != nil || len(ms) < 2 || ms[len(ms)-1].m == nil {
+		return 0, err
+	}
+	now := p.cfg.Clock()
+	cur := ms[len(ms)-1].m
+	total := 2 * int64(cur.Size) // the new snapshot and the current one
+	for i := len(ms) - 2; i >= 0 && ms[i].m != nil; i-- {
+		expires := ms[i+1].m.CreatedAt.Add(p.cfg.SnapshotGrace)
+		if !now.Before(expires) {
+			break
+		}
+		if total += int64(ms[i].m.Size); total > p.cfg.SnapshotRetainBytes {
+			return expires.Sub(now), nil // the older ones expire before it
+		}
+	}
+	return 0, nil
+}
+
+// purgeSnapshots keeps the snapshot just written (cur, whose manifest is at sequence
+// curSeq) and those oldestKept picks, and purges every other chunk and manifest.
 //
 // Every purge names one literal subject, found in the stream's subject listing: older
 // servers (measured on 2.9.10, 2.10.29 and 2.11.12; fixed in 2.12.10 and 2.14.2) purge
@@ -747,7 +871,11 @@ func (p *Publisher) WriteSnapshotFrom(ctx context.Context, snap *cache.Snapshot,
 // snapshot's chunks included.
 // Chunks of a revision above cur are left alone: another syncer may be writing them (the
 // next snapshot written after them purges them).
-func (p *Publisher) purgeSnapshots(ctx context.Context, cur, prev *protocol.Manifest) error {
+func (p *Publisher) purgeSnapshots(ctx context.Context, cur *protocol.Manifest, curSeq uint64) error {
+	ms, err := p.storedManifests(ctx)
+	if err != nil {
+		return err
+	}
 	s, err := p.js.Stream(ctx, p.names.SnapshotStream)
 	if err != nil {
 		return err
@@ -756,19 +884,27 @@ func (p *Publisher) purgeSnapshots(ctx context.Context, cur, prev *protocol.Mani
 	if err != nil {
 		return err
 	}
-	// keep maps each kept chunk subject to its first sequence to keep and its chunk count.
-	type kept struct {
+	oldest := p.oldestKept(ms, p.cfg.Clock())
+	kept := []*protocol.Manifest{cur}
+	for _, sm := range ms[oldest:] {
+		if sm.seq != curSeq && sm.m != nil && len(sm.m.Sequences) > 0 {
+			kept = append(kept, sm.m)
+		}
+	}
+	// keep maps each kept chunk subject to its first sequence to keep and its chunk count
+	// (forced rewrites of one revision share its subject).
+	type span struct {
 		from  uint64
 		count uint64
 	}
-	keep := map[string]kept{p.names.ChunkSubject(cur.Revision): {cur.Sequences[0], uint64(len(cur.Sequences))}}
-	if prev != nil && len(prev.Sequences) > 0 {
-		subj := p.names.ChunkSubject(prev.Revision)
-		k := keep[subj] // a forced rewrite of the same revision shares the subject
-		if k.count == 0 || prev.Sequences[0] < k.from {
-			k.from = prev.Sequences[0]
+	keep := map[string]span{}
+	for _, m := range kept {
+		subj := p.names.ChunkSubject(m.Revision)
+		k := keep[subj]
+		if k.count == 0 || m.Sequences[0] < k.from {
+			k.from = m.Sequences[0]
 		}
-		k.count += uint64(len(prev.Sequences))
+		k.count += uint64(len(m.Sequences))
 		keep[subj] = k
 	}
 	chunkPrefix := strings.TrimSuffix(p.names.ChunkSubjects(), ">")
@@ -788,5 +924,11 @@ func (p *Publisher) purgeSnapshots(ctx context.Context, cur, prev *protocol.Mani
 			return fmt.Errorf("%s: %w", subj, err)
 		}
 	}
-	return s.Purge(ctx, jetstream.WithPurgeSubject(p.names.Manifest()), jetstream.WithPurgeKeep(1))
+	switch {
+	case oldest == 0 && len(ms) > 0: // every stored manifest is kept
+		return nil
+	case oldest >= len(ms): // none readable (the newest is not ours): keep the newest
+		return s.Purge(ctx, jetstream.WithPurgeSubject(p.names.Manifest()), jetstream.WithPurgeKeep(1))
+	}
+	return s.Purge(ctx, jetstream.WithPurgeSubject(p.names.Manifest()), jetstream.WithPurgeSequence(ms[oldest].seq))
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -39,7 +40,7 @@ func encode(t *testing.T, d *protocol.Delta) []byte {
 	return data
 }
 
-func snapshot(t *testing.T, rev int64, n int) *cache.Snapshot {
+func snapshot(t testing.TB, rev int64, n int) *cache.Snapshot {
 	t.Helper()
 	s, err := cache.New(rev, protocol.SourceDatabase, cache.Synthetic(n))
 	if err != nil {
@@ -73,6 +74,13 @@ func subjectCounts(t *testing.T, ctx context.Context, js jetstream.JetStream, st
 		t.Fatal(err)
 	}
 	return info.State.Subjects
+}
+
+// steppingClock is a publisher clock a minute ahead at every reading: each snapshot is
+// replaced long before the next one is written.
+func steppingClock() func() time.Time {
+	var clock atomic.Int64
+	return func() time.Time { return time.Unix(1_800_000_000+clock.Add(60), 0) }
 }
 
 func sum(m map[string]uint64) (n uint64) {
@@ -223,7 +231,11 @@ func TestPublisher(t *testing.T) {
 
 	t.Run("WriteSnapshotChunksAndPurges", func(t *testing.T) {
 		t.Parallel()
-		p, b := start(t, harness.NATSOptions{MaxPayload: 64 * 1024})
+		// Snapshots written long after each other (SnapshotGrace keeps more: retention_test.go).
+		p, b := setup(t, harness.NATSOptions{MaxPayload: 64 * 1024}, publisher.Config{Clock: steppingClock()})
+		if err := p.EnsureStreams(b.ctx); err != nil {
+			t.Fatal(err)
+		}
 		names := p.Names()
 
 		snap1 := snapshot(t, 1, 2000)
@@ -261,8 +273,8 @@ func TestPublisher(t *testing.T) {
 		if len(chunks) != len(want) || chunks[names.ChunkSubject(2)] != want[names.ChunkSubject(2)] || chunks[names.ChunkSubject(3)] != want[names.ChunkSubject(3)] {
 			t.Fatalf("chunks stored %v (total %d), want %v", chunks, sum(chunks), want)
 		}
-		if mc := subjectCounts(t, b.ctx, b.js, names.SnapshotStream, names.Manifest()); sum(mc) != 1 {
-			t.Fatalf("manifests stored %v, want 1", mc)
+		if mc := subjectCounts(t, b.ctx, b.js, names.SnapshotStream, names.Manifest()); sum(mc) != 2 {
+			t.Fatalf("manifests stored %v, want 2 (the current and the previous snapshot's)", mc)
 		}
 
 		// An older revision than the stored one is not written.

@@ -28,6 +28,8 @@ type testBundle struct {
 	prefix string
 	// syncerNATS, when set, is the NATS URL syncers started by start connect to (a proxy).
 	syncerNATS string
+	// pubMod, when set, changes the publisher configuration of the syncers start starts.
+	pubMod func(*publisher.Config)
 }
 
 func setup(t *testing.T) *testBundle {
@@ -91,7 +93,11 @@ func (b *testBundle) start(t *testing.T, mod func(*syncer.Config)) *running {
 	}
 	reg := prometheus.NewRegistry()
 	m := syncer.NewMetrics(reg)
-	s, err := syncer.New(cfg, nc, publisher.Config{Prefix: b.prefix}, slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})), m)
+	pcfg := publisher.Config{Prefix: b.prefix}
+	if b.pubMod != nil {
+		b.pubMod(&pcfg)
+	}
+	s, err := syncer.New(cfg, nc, pcfg, slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})), m)
 	if err != nil {
 		t.Fatal(err)
 	}

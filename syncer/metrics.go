@@ -19,6 +19,7 @@ type Metrics struct {
 	TimelineChanges   prometheus.Counter
 	Withheld          prometheus.Gauge
 	SnapshotWrites    prometheus.Counter
+	SnapshotDeferrals prometheus.Counter
 	ListenerReconnect prometheus.Counter
 	LastPublished     prometheus.Gauge
 	DatabaseRevision  prometheus.Gauge
@@ -57,6 +58,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		TimelineChanges:   c("timeline_changes_total", "Times the database was found on a new timeline (went back in time or was replaced) and its content was published above every published revision."),
 		Withheld:          g("withheld_extensions", "Extensions withheld from publishing because the database holds a version of them the router side refuses (named in /readyz)."),
 		SnapshotWrites:    c("snapshot_writes_total", "Snapshots written to the snapshot stream."),
+		SnapshotDeferrals: c("snapshot_deferrals_total", "Times a snapshot write waited because the snapshots within EXTENSION_REGISTRY_SNAPSHOT_GRACE filled EXTENSION_REGISTRY_SNAPSHOT_RETAIN_BYTES."),
 		ListenerReconnect: c("listener_reconnects_total", "Reconnects of the LISTEN connection."),
 		LastPublished:     g("last_published_revision", "The last revision published."),
 		DatabaseRevision:  g("database_revision", "The last committed revision seen in the database."),
@@ -76,7 +78,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.Health = health.NewMetrics(reg)
 	if reg != nil {
 		reg.MustRegister(m.Notifications, m.Revisions, m.PublishErrors, m.Republished, m.ReconcileRuns,
-			m.ReconcileRepairs, m.DriftExtensions, m.ApplyErrors, m.TimelineChanges, m.Withheld, m.SnapshotWrites, m.ListenerReconnect,
+			m.ReconcileRepairs, m.DriftExtensions, m.ApplyErrors, m.TimelineChanges, m.Withheld, m.SnapshotWrites, m.SnapshotDeferrals, m.ListenerReconnect,
 			m.LastPublished, m.DatabaseRevision, m.SnapshotRevision, m.SnapshotBytes, m.Extensions, m.Leader,
 			m.DatabaseUp, m.Lag, m.InFlight, m.HistoryDeltas, m.HistoryBytes)
 	}

@@ -27,6 +27,27 @@ func (s *term) snapshotWriter(ctx context.Context) {
 		if snap == nil || (snap.Revision() <= s.written.Load() && !s.snapForce.Load()) {
 			continue
 		}
+		if !s.snapForce.Load() {
+			// Snapshots replaced within the grace stay readable (slow routers finish their
+			// read); while they fill the retention bytes the write waits, so the interval
+			// grows with the snapshot's size. A forced write (a repair) does not wait.
+			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			wait, err := s.pub.SnapshotWait(wctx)
+			cancel()
+			if err != nil {
+				s.log.WarnContext(ctx, "syncer: reading the stored snapshots failed; writing without waiting", "error", err)
+			}
+			if wait > 0 {
+				s.log.DebugContext(ctx, "syncer: snapshot write deferred: the snapshots within their grace fill the retention bytes",
+					"revision", snap.Revision(), "sleep_duration", wait)
+				s.metrics.SnapshotDeferrals.Inc()
+				if !s.pauseOrWake(ctx, wait) {
+					return
+				}
+				s.kickSnapshotWriter()
+				continue
+			}
+		}
 		// A write in progress is not cut short by a clean stop (stop waits for it): a
 		// cancelled write leaves chunks without a manifest, or a manifest with the old
 		// snapshots not purged, and logs a failure on every clean stop. Losing the lease
@@ -62,6 +83,27 @@ func (s *term) pause(ctx context.Context, d time.Duration) bool {
 		return false
 	case <-t.C:
 		return true
+	}
+}
+
+// pauseOrWake is pause that also ends early when a forced write is asked for (wakes for
+// new revisions do not end it); it reports whether to go on.
+func (s *term) pauseOrWake(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-s.writerStop:
+			return false
+		case <-s.snapWake:
+			if s.snapForce.Load() {
+				return true
+			}
+		case <-t.C:
+			return true
+		}
 	}
 }
 

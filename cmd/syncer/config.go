@@ -81,7 +81,9 @@ type spec struct {
 	DeltaMaxAge      time.Duration `envconfig:"DELTA_MAX_AGE" default:"168h" expect:"a duration of at least 1m such as 168h" desc:"How long deltas are kept; routers further behind re-bootstrap from the snapshot."`
 	DeltaMaxMsgs     int64         `envconfig:"DELTA_MAX_MSGS" default:"1000000" expect:"an integer of at least 1000" desc:"Most deltas kept in the delta stream."`
 	DeltaMaxBytes    int64         `envconfig:"DELTA_MAX_BYTES" default:"-1" expect:"-1 (unlimited) or a positive number of bytes" desc:"Size limit of the delta stream in bytes (-1: unlimited)."`
-	SnapshotMaxBytes int64         `envconfig:"SNAPSHOT_MAX_BYTES" default:"-1" expect:"-1 (unlimited) or a positive number of bytes" desc:"Size limit of the snapshot stream in bytes (-1: unlimited); it must hold two snapshots."`
+	SnapshotMaxBytes int64         `envconfig:"SNAPSHOT_MAX_BYTES" default:"-1" expect:"-1 (unlimited) or a positive number of bytes" desc:"Size limit of the snapshot stream in bytes (-1: unlimited); at least SNAPSHOT_RETAIN_BYTES, which it must hold."`
+	SnapshotGrace    time.Duration `envconfig:"SNAPSHOT_GRACE" default:"30s" expect:"a positive duration such as 30s" desc:"How long a replaced snapshot stays readable: a router that read a snapshot's manifest has at least this long to read its chunks (PROTOCOL.md §7). Snapshot writes are deferred so that the snapshots replaced within it fit in SNAPSHOT_RETAIN_BYTES."`
+	SnapshotRetain   int64         `envconfig:"SNAPSHOT_RETAIN_BYTES" default:"268435456" expect:"a positive number of bytes, not above SNAPSHOT_MAX_BYTES" desc:"Bytes of the snapshots kept (256 MiB): the current one, the previous one and those replaced less than SNAPSHOT_GRACE ago. A large snapshot is written less often: about every SNAPSHOT_GRACE / (RETAIN_BYTES/size - 2) under sustained writes (PROTOCOL.md §7)."`
 	SnapshotChunk    int           `envconfig:"SNAPSHOT_CHUNK_SIZE" default:"0" expect:"0 (automatic) or at least 1024 bytes" desc:"Size of one snapshot chunk in bytes (0: the server's max_payload less 8 KiB)."`
 	DuplicateWindow  time.Duration `envconfig:"DUPLICATE_WINDOW" default:"2m" expect:"a duration of at least 1s, not above DELTA_MAX_AGE" desc:"JetStream duplicate-detection window of the delta stream."`
 
@@ -430,6 +432,8 @@ func loadConfig(lookup func(string) (string, bool)) (*config, error) {
 	check("DELTA_MAX_BYTES", s.DeltaMaxBytes == -1 || s.DeltaMaxBytes > 0)
 	check("SNAPSHOT_MAX_BYTES", s.SnapshotMaxBytes == -1 || s.SnapshotMaxBytes > 0)
 	check("SNAPSHOT_CHUNK_SIZE", s.SnapshotChunk == 0 || s.SnapshotChunk >= 1024)
+	check("SNAPSHOT_GRACE", s.SnapshotGrace > 0)
+	check("SNAPSHOT_RETAIN_BYTES", s.SnapshotRetain > 0 && (bad["SNAPSHOT_MAX_BYTES"] || s.SnapshotMaxBytes == -1 || s.SnapshotRetain <= s.SnapshotMaxBytes))
 	check("DUPLICATE_WINDOW", s.DuplicateWindow >= time.Second && (bad["DELTA_MAX_AGE"] || s.DuplicateWindow <= s.DeltaMaxAge))
 	check("PUBLISH_WINDOW", s.PublishWindow >= 1 && s.PublishWindow <= 4000)
 	check("PUBLISH_WINDOW_BYTES", s.PublishWindowBytes > 0)
@@ -483,15 +487,17 @@ func loadConfig(lookup func(string) (string, bool)) (*config, error) {
 			Hold: s.AutoHold, Cooldown: s.AutoCooldown, MinCalls: s.AutoMinCalls},
 	}
 	c.Publisher = publisher.Config{
-		Prefix:           s.SubjectPrefix,
-		Replicas:         s.StreamReplicas,
-		DeltaMaxAge:      s.DeltaMaxAge,
-		DeltaMaxMsgs:     s.DeltaMaxMsgs,
-		DeltaMaxBytes:    s.DeltaMaxBytes,
-		SnapshotMaxBytes: s.SnapshotMaxBytes,
-		DuplicateWindow:  s.DuplicateWindow,
-		ChunkSize:        s.SnapshotChunk,
-		Signer:           signer,
+		Prefix:              s.SubjectPrefix,
+		Replicas:            s.StreamReplicas,
+		DeltaMaxAge:         s.DeltaMaxAge,
+		DeltaMaxMsgs:        s.DeltaMaxMsgs,
+		DeltaMaxBytes:       s.DeltaMaxBytes,
+		SnapshotMaxBytes:    s.SnapshotMaxBytes,
+		SnapshotGrace:       s.SnapshotGrace,
+		SnapshotRetainBytes: s.SnapshotRetain,
+		DuplicateWindow:     s.DuplicateWindow,
+		ChunkSize:           s.SnapshotChunk,
+		Signer:              signer,
 	}
 	c.FixturesDir, c.HTTPAddr, c.AdminToken = s.FixturesDir, s.HTTPAddr, s.AdminToken
 	c.LogFormat = s.LogFormat

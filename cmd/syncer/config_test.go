@@ -72,6 +72,8 @@ func TestConfigValues(t *testing.T) {
 		"EXTENSION_REGISTRY_DELTA_MAX_AGE":         "24h",
 		"EXTENSION_REGISTRY_DUPLICATE_WINDOW":      "30s",
 		"EXTENSION_REGISTRY_SNAPSHOT_CHUNK_SIZE":   "65536",
+		"EXTENSION_REGISTRY_SNAPSHOT_GRACE":        "2m",
+		"EXTENSION_REGISTRY_SNAPSHOT_RETAIN_BYTES": "1048576",
 		"EXTENSION_REGISTRY_LOG_LEVEL":             "debug",
 		"EXTENSION_REGISTRY_LOG_FORMAT":            "json",
 		"EXTENSION_REGISTRY_SUBJECT_PREFIX":        "acme.ext-registry",
@@ -89,7 +91,8 @@ func TestConfigValues(t *testing.T) {
 	if s.Source != "auto" || s.FixturesDir != dir || s.SyncInterval != 15*time.Second || !s.Listener.Disabled || s.Listener.PollInterval != 250*time.Millisecond {
 		t.Errorf("syncer config %+v", s)
 	}
-	if p.Prefix != "acme.ext-registry" || p.Replicas != 3 || p.DeltaMaxAge != 24*time.Hour || p.DuplicateWindow != 30*time.Second || p.ChunkSize != 65536 {
+	if p.Prefix != "acme.ext-registry" || p.Replicas != 3 || p.DeltaMaxAge != 24*time.Hour || p.DuplicateWindow != 30*time.Second || p.ChunkSize != 65536 ||
+		p.SnapshotGrace != 2*time.Minute || p.SnapshotRetainBytes != 1<<20 {
 		t.Errorf("publisher config %+v", p)
 	}
 	if cfg.LogLevel.String() != "DEBUG" || cfg.LogFormat != "json" {
@@ -162,6 +165,28 @@ func TestConfigEveryProblemAtOnce(t *testing.T) {
 		if !strings.Contains(msg, want) {
 			t.Errorf("missing %q", want)
 		}
+	}
+}
+
+// TestConfigSnapshotRetention: the snapshots kept within their grace must fit in the
+// snapshot stream, else the stream would drop them.
+func TestConfigSnapshotRetention(t *testing.T) {
+	t.Parallel()
+	_, err := loadConfig(envMap{"EXTENSION_REGISTRY_SNAPSHOT_MAX_BYTES": "1000000"}.lookup)
+	if err == nil || !strings.Contains(err.Error(), `EXTENSION_REGISTRY_SNAPSHOT_RETAIN_BYTES: must be a positive number of bytes, not above SNAPSHOT_MAX_BYTES (got "268435456")`) {
+		t.Fatalf("got %v", err)
+	}
+	for env, want := range map[string]string{"EXTENSION_REGISTRY_SNAPSHOT_GRACE": "0s", "EXTENSION_REGISTRY_SNAPSHOT_RETAIN_BYTES": "0"} {
+		if _, err := loadConfig(envMap{env: want}.lookup); err == nil || !strings.Contains(err.Error(), env+":") {
+			t.Errorf("%s=%s: got %v", env, want, err)
+		}
+	}
+	cfg, err := loadConfig(envMap{"EXTENSION_REGISTRY_SNAPSHOT_MAX_BYTES": "1000000", "EXTENSION_REGISTRY_SNAPSHOT_RETAIN_BYTES": "1000000"}.lookup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := cfg.Publisher; p.SnapshotGrace != 30*time.Second || p.SnapshotRetainBytes != 1000000 || p.SnapshotMaxBytes != 1000000 {
+		t.Errorf("publisher config %+v", p)
 	}
 }
 

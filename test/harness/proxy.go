@@ -19,6 +19,7 @@ type Proxy struct {
 	ln     net.Listener
 
 	mu      sync.Mutex
+	rate    int // bytes per second and direction on each connection (0: unlimited)
 	stalled bool
 	resume  chan struct{} // closed by Resume; a new one is made by Stall
 	conns   map[net.Conn]struct{}
@@ -76,6 +77,20 @@ func (p *Proxy) Resume() {
 		p.stalled = false
 		close(p.resume)
 	}
+}
+
+// Throttle limits every connection, present and future, to bytesPerSecond in each
+// direction (0: unlimited), as a slow link does: a reader behind it reads at a steady rate.
+func (p *Proxy) Throttle(bytesPerSecond int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.rate = max(0, bytesPerSecond)
+}
+
+func (p *Proxy) currentRate() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.rate
 }
 
 // Cut closes every open connection (new ones are still accepted).
@@ -167,18 +182,35 @@ func (p *Proxy) gate() bool {
 // pipe copies src to dst, holding every chunk read while the proxy is stalled. A chunk
 // read before a stall may still be written; after Stall returns, nothing new crosses
 // once the chunk in flight is done.
+// A throttled pipe forwards at most 4 KiB at a time and paces the writes so that the
+// bytes sent since the rate was set stay within it.
 func (p *Proxy) pipe(dst, src net.Conn) {
 	buf := make([]byte, 32*1024)
+	var paceFrom time.Time // when the current rate began to count
+	paceRate, sent := 0, 0
 	for {
 		if !p.gate() {
 			return
 		}
-		n, err := src.Read(buf)
+		rate := p.currentRate()
+		if rate != paceRate {
+			paceRate, paceFrom, sent = rate, time.Now(), 0
+		}
+		b := buf
+		if rate > 0 {
+			b = buf[:4096]
+		}
+		n, err := src.Read(b)
 		if n > 0 {
 			if !p.gate() {
 				return
 			}
-			if _, werr := dst.Write(buf[:n]); werr != nil {
+			if rate > 0 {
+				sent += n
+				// Pacing the link, not waiting for an effect.
+				time.Sleep(time.Until(paceFrom.Add(time.Duration(float64(sent) / float64(rate) * float64(time.Second)))))
+			}
+			if _, werr := dst.Write(b[:n]); werr != nil {
 				return
 			}
 		}
