@@ -229,6 +229,9 @@ type Client struct {
 	// goalTimeout is how long an unreachable resync target is chased
 	// (defaultGoalTimeout; tests shorten it before Start).
 	goalTimeout time.Duration
+	// chainBytes bounds the stored deltas held to bridge one gap (maxChainBytes;
+	// tests lower it before Start).
+	chainBytes int
 }
 
 const (
@@ -261,6 +264,7 @@ func New(nc *nats.Conn, cfg Config) (*Client, error) {
 		stopped: make(chan struct{}),
 
 		goalTimeout: defaultGoalTimeout,
+		chainBytes:  maxChainBytes,
 	}
 	if len(cfg.TrustedKeys) > 0 {
 		t, err := protocol.NewTrust(cfg.TrustedKeys...)

@@ -54,10 +54,11 @@ type loopState struct {
 const (
 	backoffMin = 50 * time.Millisecond
 	backoffMax = 2 * time.Second
-	// maxChain bounds how many stored deltas are held in memory to bridge one
-	// gap (the estimated costs choose the path: chooseCatchUp); beyond it the
-	// snapshot is read instead.
-	maxChain = 10_000
+	// maxChain and maxChainBytes bound how many stored deltas, and how many bytes
+	// of them, are held in memory to bridge one gap (the estimated costs choose
+	// the path: chooseCatchUp); beyond either the snapshot is read instead.
+	maxChain      = 10_000
+	maxChainBytes = 64 << 20
 	// snapshotMovedRetries bounds immediate rereads when the snapshot is
 	// replaced while being read.
 	snapshotMovedRetries = 3
@@ -535,15 +536,20 @@ func (c *Client) catchUp(ctx context.Context, g *goal, snapshotOK bool) error {
 			return err
 		}
 	}
-	chain := []*protocol.Delta{d}
+	chain, held := []*protocol.Delta{d}, deltaBytes(d)
 	for d.PrevRevision > cur.Revision() {
 		if len(chain) >= maxChain {
 			return fmt.Errorf("%w: more than %d deltas behind", errNeedSnapshot, maxChain)
+		}
+		if held > c.chainBytes {
+			return fmt.Errorf("%w: the %d stored deltas read back to revision %d already hold %d bytes (at most %d)",
+				errNeedSnapshot, len(chain), d.Revision, held, c.chainBytes)
 		}
 		if d, err = c.fetch(ctx, d.PrevRevision); err != nil {
 			return err
 		}
 		chain = append(chain, d)
+		held += deltaBytes(d)
 	}
 	if d.PrevRevision != cur.Revision() {
 		return fmt.Errorf("%w: stored delta %d follows revision %d, not the served %d", errNeedSnapshot, d.Revision, d.PrevRevision, cur.Revision())
@@ -600,6 +606,16 @@ func (c *Client) chooseCatchUp(ctx context.Context, cur *cache.Snapshot, target 
 		return fmt.Errorf("%w: %d deltas behind, estimated %s, the snapshot %s", errSnapshotCheaper, behind, chain, snap)
 	}
 	return nil
+}
+
+// deltaBytes is about what a decoded delta holds in memory.
+func deltaBytes(d *protocol.Delta) int {
+	n := 512
+	for i := range d.Changes {
+		ch := &d.Changes[i]
+		n += 96 + len(ch.ID) + len(ch.Key) + len(ch.Value)
+	}
+	return n
 }
 
 // lastStored returns the newest stored delta (nil when none is stored).
