@@ -46,6 +46,11 @@ type FloorRate struct {
 	JetStreamAck       Latency    `json:"jetstream_publish_to_ack"`
 	JSPublishToReceive Latency    `json:"with_jetstream_core_publish_to_receive"`
 	JSMissing          int        `json:"with_jetstream_missing"`
+	// The raw relay again, paced at the rate the product's writers achieved in the pass
+	// just before (not the floor: a diagnostic, run only where the product's writers fell
+	// below 90 % of the target), so that the product is also compared at its own load.
+	AtProductRate    *paceResult `json:"at_product_rate_pace,omitempty"`
+	AtProductRateE2E *Latency    `json:"at_product_rate_commit_to_subscriber,omitempty"`
 }
 
 // FloorResult is the floor at every rate.
@@ -214,6 +219,27 @@ func (fp floorPass) name() string {
 	return "floor"
 }
 
+// atProductRate is the raw relay paced at the rate the product's writers achieved in
+// its last pass, when that fell below 90 % of the target (registry commits are
+// serialised: "Registry commits/s" in BENCHMARKS.md); otherwise it measures nothing.
+type atProductRate struct {
+	f  *floorRig
+	pr *productRig
+}
+
+func (f *floorRig) atRateOf(pr *productRig) rig { return atProductRate{f, pr} }
+
+func (a atProductRate) name() string { return "floor@product" }
+
+func (a atProductRate) pass(ctx context.Context, rate float64, warm, meas int) (passResult, error) {
+	got := a.pr.achieved
+	if got <= 0 || got >= 0.9*rate {
+		return passResult{pace: paceResult{Target: rate}}, nil
+	}
+	scale := got / rate
+	return floorPass{a.f, false}.pass(ctx, got, int(float64(warm)*scale), max(1, int(float64(meas)*scale)))
+}
+
 func (fp floorPass) pass(ctx context.Context, rate float64, warm, meas int) (passResult, error) {
 	f := fp.f
 	n := f.n
@@ -247,17 +273,24 @@ func (fp floorPass) pass(ctx context.Context, rate float64, warm, meas int) (pas
 	return out, nil
 }
 
-// result builds the floor's figures from the merged passes of each rate.
-func (f *floorRig) result(raw, js []passResult) *FloorResult {
+// result builds the floor's figures from the merged passes of each rate; atProduct (nil
+// without the product) holds the passes at the product's achieved rate.
+func (f *floorRig) result(raw, js, atProduct []passResult) *FloorResult {
 	res := &FloorResult{Rows: f.n, WriterConns: f.writerConns}
 	for i := range raw {
 		a, b := raw[i], js[i]
-		res.Rates = append(res.Rates, FloorRate{
+		fr := FloorRate{
 			Pace: a.pace, EndToEnd: summarize(a.samples["e2e"]), CommitToNotify: summarize(a.samples["notify"]),
 			NotifyToSelected: summarize(a.samples["select"]), PublishToReceive: summarize(a.samples["publish"]), Missing: a.missing,
 			WithJetStream: b.pace, JSEndToEnd: summarize(b.samples["e2e"]), JetStreamAck: summarize(b.samples["ack"]),
 			JSPublishToReceive: summarize(b.samples["publish"]), JSMissing: b.missing,
-		})
+		}
+		if i < len(atProduct) && len(atProduct[i].samples["e2e"]) > 0 {
+			c := atProduct[i]
+			l := summarize(c.samples["e2e"])
+			fr.AtProductRate, fr.AtProductRateE2E = &c.pace, &l
+		}
+		res.Rates = append(res.Rates, fr)
 	}
 	return res
 }

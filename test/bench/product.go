@@ -52,6 +52,9 @@ type productRig struct {
 	liveMu  sync.Mutex
 	liveAt  map[int64]int64
 	next    int64
+	// achieved is the commit rate the writers reached in the last pass (the floor's pass
+	// at the product's rate follows it).
+	achieved float64
 }
 
 func setupProduct(ctx context.Context, e *env) (*productRig, error) {
@@ -127,6 +130,7 @@ func (pr *productRig) pass(ctx context.Context, rate float64, warm, meas int) (p
 	st := newStamps(pr.next, warm+meas, numStages)
 	pr.cur.Store(st)
 	pace := paced(ctx, pr.writers, rate, pr.next, warm+meas, write, func(seq, t int64) { st.set(stCommit, seq, t) })
+	pr.achieved = pace.Achieved
 	from, to := pr.next+int64(warm), pr.next+int64(pace.Writes)
 	pr.next += int64(warm + meas)
 	waitUntil(ctx, 30*time.Second, func() bool { return st.complete(stCommit, stRecv, from, to) })

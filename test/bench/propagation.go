@@ -90,7 +90,7 @@ func runFloor(ctx context.Context, e *env, r *Results) error {
 	}
 	defer fr.close()
 	res, err := measure(ctx, e, []rig{fr.raw(), fr.withJetStream()})
-	r.Floor = fr.result(res[0], res[1])
+	r.Floor = fr.result(res[0], res[1], nil)
 	return err
 }
 
@@ -118,8 +118,8 @@ func runPropagation(ctx context.Context, e *env, r *Results) error {
 	if err != nil {
 		return err
 	}
-	res, err := measure(ctx, e, []rig{fr.raw(), fr.withJetStream(), pr})
-	r.Floor = fr.result(res[0], res[1])
+	res, err := measure(ctx, e, []rig{fr.raw(), fr.withJetStream(), pr, fr.atRateOf(pr)})
+	r.Floor = fr.result(res[0], res[1], res[3])
 	r.Product = pr.result(res[2])
 	if err != nil {
 		return err

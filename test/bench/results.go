@@ -153,6 +153,13 @@ type Ratio struct {
 	// Diagnostic: the product against the relay that also stores in JetStream.
 	P50VsJS float64 `json:"p50_ratio_vs_floor_with_jetstream"`
 	P99VsJS float64 `json:"p99_ratio_vs_floor_with_jetstream"`
+	// Diagnostic, where the product's writers fell short of the rate: the product against
+	// the floor paced at the rate they achieved (0: not run).
+	AtProductRate    float64 `json:"floor_rate_at_product_rate_per_s,omitempty"`
+	FloorP50AtRate   float64 `json:"floor_p50_ms_at_product_rate,omitempty"`
+	FloorP99AtRate   float64 `json:"floor_p99_ms_at_product_rate,omitempty"`
+	P50AtProductRate float64 `json:"p50_ratio_vs_floor_at_product_rate,omitempty"`
+	P99AtProductRate float64 `json:"p99_ratio_vs_floor_at_product_rate,omitempty"`
 }
 
 func ratios(r *Results) []Ratio {
@@ -165,10 +172,15 @@ func ratios(r *Results) []Ratio {
 			break
 		}
 		fl := r.Floor.Rates[i]
-		out = append(out, Ratio{Rate: pr.Pace.Target,
+		ra := Ratio{Rate: pr.Pace.Target,
 			ProductP50: pr.EndToEnd.P50, FloorP50: fl.EndToEnd.P50, P50: ratio(pr.EndToEnd.P50, fl.EndToEnd.P50),
 			ProductP99: pr.EndToEnd.P99, FloorP99: fl.EndToEnd.P99, P99: ratio(pr.EndToEnd.P99, fl.EndToEnd.P99),
-			P50VsJS: ratio(pr.EndToEnd.P50, fl.JSEndToEnd.P50), P99VsJS: ratio(pr.EndToEnd.P99, fl.JSEndToEnd.P99)})
+			P50VsJS: ratio(pr.EndToEnd.P50, fl.JSEndToEnd.P50), P99VsJS: ratio(pr.EndToEnd.P99, fl.JSEndToEnd.P99)}
+		if fl.AtProductRate != nil && fl.AtProductRateE2E != nil {
+			ra.AtProductRate, ra.FloorP50AtRate, ra.FloorP99AtRate = fl.AtProductRate.Achieved, fl.AtProductRateE2E.P50, fl.AtProductRateE2E.P99
+			ra.P50AtProductRate, ra.P99AtProductRate = ratio(pr.EndToEnd.P50, fl.AtProductRateE2E.P50), ratio(pr.EndToEnd.P99, fl.AtProductRateE2E.P99)
+		}
+		out = append(out, ra)
 	}
 	return out
 }
@@ -331,11 +343,16 @@ func printSummary(w io.Writer, r *Results) {
 	}
 	if len(r.Ratios) > 0 {
 		fmt.Fprintf(w, "### Ratios product ÷ floor (the headline; dimensionless)\n\n")
-		row("rate", "p50 product / floor", "p50 ratio", "p99 product / floor", "p99 ratio", "diagnostic: product ÷ floor-with-JetStream p50 / p99")
-		sep(6)
+		row("rate", "p50 product / floor", "p50 ratio", "p99 product / floor", "p99 ratio", "diagnostic: product ÷ floor-with-JetStream p50 / p99",
+			"diagnostic: product ÷ floor at the product's achieved rate p50 / p99")
+		sep(7)
 		for _, ra := range r.Ratios {
+			atRate := "— (writers reached the rate)"
+			if ra.AtProductRate > 0 {
+				atRate = fmt.Sprintf("%.2f / %.2f (floor at %.0f/s: %.3f / %.3f ms)", ra.P50AtProductRate, ra.P99AtProductRate, ra.AtProductRate, ra.FloorP50AtRate, ra.FloorP99AtRate)
+			}
 			row(fmt.Sprintf("%.0f/s", ra.Rate), fmt.Sprintf("%.3f / %.3f ms", ra.ProductP50, ra.FloorP50), fmt.Sprintf("%.2f", ra.P50),
-				fmt.Sprintf("%.3f / %.3f ms", ra.ProductP99, ra.FloorP99), fmt.Sprintf("%.2f", ra.P99), fmt.Sprintf("%.2f / %.2f", ra.P50VsJS, ra.P99VsJS))
+				fmt.Sprintf("%.3f / %.3f ms", ra.ProductP99, ra.FloorP99), fmt.Sprintf("%.2f", ra.P99), fmt.Sprintf("%.2f / %.2f", ra.P50VsJS, ra.P99VsJS), atRate)
 		}
 		flush()
 	}
