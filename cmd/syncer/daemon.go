@@ -29,9 +29,7 @@ func cmdRun(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	log := newLogger(e.stderr, cfg)
-	limitMemory(ctx, cfg.MemoryLimit, e.lookup, log)
-	return daemon(ctx, cfg, log)
+	return daemon(ctx, cfg, newLogger(e.stderr, cfg))
 }
 
 func newLogger(w io.Writer, cfg *config) *slog.Logger {
