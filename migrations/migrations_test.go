@@ -50,7 +50,7 @@ func emptySchema(t *testing.T, name string) string {
 }
 
 // allVersions are the migrations a new schema gets, in order.
-var allVersions = append(append([]int64{1, migrations.TriggersVersion, 3, migrations.ChannelVersion, 5, 6}, migrations.TriggersReinstalled...), 8, 10, 11)
+var allVersions = append(append([]int64{1, migrations.TriggersVersion, 3, migrations.ChannelVersion, 5, 6}, migrations.TriggersReinstalled...), 8, 10, 11, 12)
 
 func versions(states []migrations.State) []int64 {
 	var v []int64

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/beamline/registry-syncer/cache"
@@ -79,7 +80,8 @@ func (s *term) catchUpUntil(ctx context.Context, pool *pgxpool.Pool, upTo int64,
 				st.DatabaseRevision = dbRev // what is to publish, while publishing may be stuck
 			}
 		})
-		for i, r := range revs {
+		s.metrics.noteChangeRows(revs)
+		for i := range revs {
 			if !deadline.IsZero() && time.Now().After(deadline) {
 				if err := s.drain(ctx); err != nil {
 					return false, err
@@ -87,7 +89,7 @@ func (s *term) catchUpUntil(ctx context.Context, pool *pgxpool.Pool, upTo int64,
 				s.pending, s.pendingAfter = revs[i:], s.cursor
 				return true, nil
 			}
-			if err := s.publishRevision(ctx, r); err != nil {
+			if err := s.publishRevision(ctx, pool, &revs[i]); err != nil {
 				return false, err
 			}
 		}
@@ -117,20 +119,73 @@ func (s *term) caughtUpTo(dbRev int64) {
 	})
 }
 
-func (s *term) publishRevision(ctx context.Context, r revision) error {
+// publishRevision publishes r, page by page when it came with its first page only (a
+// huge revision): each page is read from q, applied and dropped. Its changes are kept for
+// the delta only while they may fit in one message; once they certainly do not, the
+// revision is published as a snapshot and a resync delta, without ever holding or encoding
+// the whole delta.
+func (s *term) publishRevision(ctx context.Context, q querier, r *revision) error {
 	held := len(s.withheld)
-	changes, next, err := s.prepare(r.Revision, r.Changes)
-	if err != nil {
+	p := s.preparing(r.Revision)
+	var (
+		changes []cache.Change
+		size    = deltaOverhead
+		resync  bool
+		failed  error // not the page read's: the revision cannot be applied
+	)
+	err := r.forPages(ctx, q, s.cfg.BatchBytes, s.metrics.noteChangePage, func(page []cache.Change) error {
+		out, err := p.page(page)
+		if err != nil {
+			failed = err
+			return err
+		}
+		if resync {
+			return nil
+		}
+		for i := range out {
+			size += changeEstimate(&out[i])
+		}
+		switch {
+		case size > s.pub.MaxDelta():
+			resync, changes = true, nil // certainly too large for one message
+		case changes == nil:
+			changes = out
+		default:
+			changes = append(slices.Clip(changes), out...)
+		}
+		return nil
+	})
+	var rel []cache.Change
+	var next *cache.Snapshot
+	if err == nil {
+		rel, next, err = p.finish()
+		failed = err
+	}
+	if failed != nil {
 		// Not one aggregate's fault (prepare withholds those): never publish it.
 		s.metrics.ApplyErrors.Inc()
 		s.abortPipeline()
-		return fmt.Errorf("revision %d cannot be applied to the published state, not publishing it: %w", r.Revision, err)
+		return fmt.Errorf("revision %d cannot be applied to the published state, not publishing it: %w", r.Revision, failed)
+	}
+	if err != nil {
+		s.abortPipeline()
+		return err
 	}
 	if len(s.withheld) > held {
 		s.metrics.ApplyErrors.Inc()
 	}
+	if !resync && len(rel) > 0 {
+		changes = append(slices.Clip(changes), rel...)
+	}
+	if changes == nil {
+		changes = []cache.Change{}
+	}
 	d := &protocol.Delta{Revision: r.Revision, PrevRevision: s.snap.Revision(), Checksum: next.Checksum(), ChecksumV2: next.ChecksumV2(),
-		Count: next.Len(), Source: SourceDatabase, CommittedAt: r.CommittedAt, RegistryID: s.registryID, Changes: changes}
+		Count: next.Len(), Source: SourceDatabase, CommittedAt: r.CommittedAt, RegistryID: s.registryID, Changes: changes, Resync: resync}
+	if resync {
+		// After what is in flight: the snapshot of next, then the resync delta.
+		return s.publishNow(ctx, d, next, r.Revision)
+	}
 	return s.submit(ctx, d, next, r.Revision)
 }
 
@@ -297,9 +352,10 @@ func (s *term) abortPipeline() {
 // published state. A delta too large for one message becomes a snapshot write followed
 // by a resync delta. Nothing may be in flight (drain).
 func (s *term) publishDelta(ctx context.Context, d *protocol.Delta, next *cache.Snapshot) error {
-	if estimateDelta(d) > s.pub.MaxDelta() {
-		// Certainly too large for one message (a bulk import): do not encode it only to
-		// find that out; go straight to the snapshot and a resync delta.
+	if d.Resync || estimateDelta(d) > s.pub.MaxDelta() {
+		// Certainly too large for one message (a bulk import; publishRevision marks one it
+		// stopped keeping the changes of): do not encode it only to find that out; go
+		// straight to the snapshot and a resync delta.
 		if err := s.writeSnapshot(ctx, next); err != nil {
 			return err
 		}
@@ -398,10 +454,15 @@ func resyncOf(d *protocol.Delta) *protocol.Delta {
 
 // estimateDelta is a lower bound of d's encoded size.
 func estimateDelta(d *protocol.Delta) int {
-	n := 256
+	n := deltaOverhead
 	for i := range d.Changes {
-		c := &d.Changes[i]
-		n += 40 + len(c.ID) + len(c.Key) + len(c.Value)
+		n += changeEstimate(&d.Changes[i])
 	}
 	return n
 }
+
+// deltaOverhead and changeEstimate make estimateDelta: lower bounds of a delta's encoded
+// size without its changes, and of one change's.
+const deltaOverhead = 256
+
+func changeEstimate(c *cache.Change) int { return 40 + len(c.ID) + len(c.Key) + len(c.Value) }

@@ -57,8 +57,9 @@ type Config struct {
 	// Batch is the number of revisions read from the change log per query (default 500).
 	Batch int
 	// BatchBytes bounds one change-log read in bytes of change values (default 8 MiB):
-	// the read ends after the revision that reaches it (a single larger revision is read
-	// whole), and the next read goes on from there.
+	// the read ends before the revision that would pass it, and the next read goes on
+	// from there; a single larger revision is read, applied and dropped in pages of this
+	// size (revision.forPages).
 	BatchBytes int
 	// PublishWindow is the number of deltas whose stores may be in flight at once
 	// (default 256); they are announced in revision order, each once acknowledged. 1

@@ -1,6 +1,8 @@
 package syncer
 
 import (
+	"sync/atomic"
+
 	"github.com/beamline/registry-syncer/fleet"
 	"github.com/beamline/registry-syncer/health"
 	"github.com/prometheus/client_golang/prometheus"
@@ -32,6 +34,11 @@ type Metrics struct {
 	InFlight          prometheus.Gauge
 	HistoryDeltas     prometheus.Gauge
 	HistoryBytes      prometheus.Gauge
+	// ChangeLogRows is the most change-log rows one read held (a batch of revisions, or a
+	// page of a huge one), since the process started: bounded by
+	// EXTENSION_REGISTRY_CHANGELOG_BATCH_BYTES, whatever the size of a revision.
+	ChangeLogRows prometheus.Gauge
+	changeRowsMax atomic.Int64
 	// Fleet are the metrics of the leader's fleet view (router reports).
 	Fleet *fleet.Metrics
 	// Health are the control loop's (extension health, automatic management).
@@ -70,6 +77,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		InFlight:          g("deltas_in_flight", "Deltas whose store was sent and is not yet acknowledged and announced (at most EXTENSION_REGISTRY_PUBLISH_WINDOW)."),
 		HistoryDeltas:     g("history_deltas", "Published deltas kept in memory to republish what the stream loses."),
 		HistoryBytes:      g("history_bytes", "Bytes of the published deltas kept in memory (at most EXTENSION_REGISTRY_HISTORY_BYTES)."),
+		ChangeLogRows:     g("changelog_rows_read_max", "The most change-log rows one read held at once (a batch of revisions, or a page of a huge revision) since the start; bounded by EXTENSION_REGISTRY_CHANGELOG_BATCH_BYTES."),
 		Lag: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "registry_syncer", Name: "commit_to_publish_seconds",
 			Help:    "Time from a registry transaction's commit to its delta being stored and announced.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
@@ -80,7 +88,30 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		reg.MustRegister(m.Notifications, m.Revisions, m.PublishErrors, m.Republished, m.ReconcileRuns,
 			m.ReconcileRepairs, m.DriftExtensions, m.ApplyErrors, m.TimelineChanges, m.Withheld, m.SnapshotWrites, m.SnapshotDeferrals, m.ListenerReconnect,
 			m.LastPublished, m.DatabaseRevision, m.SnapshotRevision, m.SnapshotBytes, m.Extensions, m.Leader,
-			m.DatabaseUp, m.Lag, m.InFlight, m.HistoryDeltas, m.HistoryBytes)
+			m.DatabaseUp, m.Lag, m.InFlight, m.HistoryDeltas, m.HistoryBytes, m.ChangeLogRows)
 	}
 	return m
+}
+
+// noteChangeRows records the change-log rows of one read of revisions.
+func (m *Metrics) noteChangeRows(revs []revision) {
+	n := 0
+	for i := range revs {
+		n += len(revs[i].Changes)
+	}
+	m.noteChangePage(n)
+}
+
+// noteChangePage records n change-log rows held by one read.
+func (m *Metrics) noteChangePage(n int) {
+	for {
+		was := m.changeRowsMax.Load()
+		if int64(n) <= was {
+			return
+		}
+		if m.changeRowsMax.CompareAndSwap(was, int64(n)) {
+			m.ChangeLogRows.Set(float64(n))
+			return
+		}
+	}
 }

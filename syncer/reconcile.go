@@ -90,8 +90,9 @@ func (s *term) syncToDB(ctx context.Context, pool *pgxpool.Pool, base *cache.Sna
 			if len(revs) == 0 {
 				break
 			}
-			for _, r := range revs {
-				if base, _, err = base.Apply(r.Revision, SourceDatabase, r.Changes); err != nil {
+			for i := range revs {
+				r := &revs[i]
+				if base, err = applyRevision(ctx, tx, base, r, s.cfg.BatchBytes); err != nil {
 					return 0, fmt.Errorf("sync: revision %d: %w", r.Revision, err)
 				}
 				after = r.Revision

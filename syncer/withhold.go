@@ -49,11 +49,16 @@ func (w withholding) list() []Withheld {
 
 // withhold adds id (its shadow starting from the published aggregate) unless held.
 func (s *term) withhold(id, reason string, rev int64) *withheldAgg {
+	return s.withholdFrom(id, reason, rev, s.snap)
+}
+
+// withholdFrom is withhold with the shadow starting from id's aggregate in base.
+func (s *term) withholdFrom(id, reason string, rev int64, base *cache.Snapshot) *withheldAgg {
 	if a, ok := s.withheld[id]; ok {
 		return a
 	}
 	a := &withheldAgg{Withheld: Withheld{ID: id, Reason: reason, Since: rev}}
-	if e, ok := s.snap.Get(id); ok {
+	if e, ok := base.Get(id); ok {
 		c := cloneAggregate(e)
 		a.shadow = &c
 	}
@@ -77,19 +82,40 @@ func cloneAggregate(e *cache.Extension) cache.Extension {
 	return c
 }
 
-// prepare turns a revision's changes into what can be published on top of the published
-// state: changes to withheld aggregates are left out (and applied to their shadows), new
-// offenders are withheld, and a withheld aggregate that became valid is released as a
-// whole-aggregate change. It returns the changes and the state after them.
-func (s *term) prepare(rev int64, changes []cache.Change) ([]cache.Change, *cache.Snapshot, error) {
-	var out []cache.Change
-	var released []string
+// preparing is one revision being turned, page by page (revision.forPages), into what can
+// be published on top of the published state s.snap: changes to withheld aggregates are
+// left out (and applied to their shadows), new offenders are withheld, and (finish) a
+// withheld aggregate that the revision made valid is released as a whole-aggregate change.
+// Applying a revision's changes in pages gives the state applying them at once gives
+// (cache.Apply checks each change as it applies it), so a huge revision is never held
+// whole.
+type preparing struct {
+	s   *term
+	rev int64
+	cur *cache.Snapshot // s.snap with the pages so far
+	// touched are the withheld aggregates this revision changed (only those can become
+	// valid with it).
+	touched map[string]bool
+}
+
+func (s *term) preparing(rev int64) *preparing {
+	return &preparing{s: s, rev: rev, cur: s.snap}
+}
+
+// page prepares the next page of the revision's changes and returns what of it to publish.
+func (p *preparing) page(changes []cache.Change) ([]cache.Change, error) {
+	s := p.s
+	var (
+		out     []cache.Change
+		reverts []cache.Change // aggregates withheld on this page that earlier pages changed
+	)
 	build := func() []cache.Change {
 		if len(s.withheld) == 0 {
-			out = changes // the common case: publish the revision as it is, no copy
+			out = changes // the common case: publish the page as it is, no copy
 			return out
 		}
-		out = make([]cache.Change, 0, len(changes))
+		out = make([]cache.Change, 0, len(reverts)+len(changes))
+		out = append(out, reverts...)
 		for _, c := range changes {
 			if _, held := s.withheld[c.ID]; !held {
 				out = append(out, c)
@@ -97,39 +123,77 @@ func (s *term) prepare(rev int64, changes []cache.Change) ([]cache.Change, *cach
 		}
 		return out
 	}
-	touched := map[string]bool{}
-	for _, c := range changes {
-		touched[c.ID] = true
-	}
-	var next *cache.Snapshot
 	for attempt := 0; ; attempt++ {
 		cs := build()
-		var err error
-		next, _, err = s.snap.Apply(rev, SourceDatabase, cs)
+		next, _, err := p.cur.Apply(p.rev, SourceDatabase, cs)
 		if err == nil {
+			p.cur = next
 			break
 		}
 		var ce *cache.ChangeError
 		if !errors.As(err, &ce) || attempt > len(changes) {
-			return nil, nil, err
+			return nil, err
 		}
-		// Withhold the offender with its state before this revision: the shadow update
-		// below applies this revision's changes to it.
-		s.withhold(ce.ID, ce.Error(), rev)
+		// Withhold the offender with the database's version before this page (the shadow
+		// update below applies the page's changes to it)...
+		s.withholdFrom(ce.ID, ce.Error(), p.rev, p.cur)
+		// ...and publish its content as it was before this revision: earlier pages may
+		// have changed it already.
+		if rv, ok, err := p.revert(ce.ID); err != nil {
+			return nil, err
+		} else if ok {
+			reverts = append(reverts, rv)
+		}
 	}
 	if len(s.withheld) == 0 {
-		return out, next, nil // the common case: nothing withheld, nothing to release
+		return out, nil // the common case: nothing withheld
 	}
 	// Shadows follow the database, change by change, without validation.
 	for _, c := range changes {
 		if a, ok := s.withheld[c.ID]; ok {
+			if p.touched == nil {
+				p.touched = map[string]bool{}
+			}
+			p.touched[c.ID] = true
 			if err := changelog.Replay(&a.shadow, c); err != nil {
-				a.Reason = fmt.Sprintf("%s; and revision %d: %v", a.Reason, rev, err)
+				a.Reason = fmt.Sprintf("%s; and revision %d: %v", a.Reason, p.rev, err)
 			}
 		}
 	}
-	// Release what this revision made valid (only aggregates it touched can change).
-	for id := range touched {
+	return out, nil
+}
+
+// revert is the change that puts id back as the published state has it, when the pages so
+// far changed it (ok false: they did not).
+func (p *preparing) revert(id string) (cache.Change, bool, error) {
+	was, had := p.s.snap.Hash(id)
+	is, has := p.cur.Hash(id)
+	if had == has && was == is {
+		return cache.Change{}, false, nil
+	}
+	e, _ := p.s.snap.Get(id)
+	ch, err := aggregateChange(id, e)
+	return ch, err == nil, err
+}
+
+// finish ends the revision: it releases what the revision made valid (only aggregates it
+// touched can change) and returns the changes that release them, to publish after the
+// pages', with the state after the whole revision.
+func (p *preparing) finish() ([]cache.Change, *cache.Snapshot, error) {
+	s := p.s
+	if len(s.withheld) == 0 {
+		return nil, p.cur, nil // the common case: nothing withheld, nothing to release
+	}
+	var (
+		out      []cache.Change
+		released []string
+	)
+	ids := make([]string, 0, len(p.touched))
+	for id := range p.touched {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
 		a, ok := s.withheld[id]
 		if !ok {
 			continue
@@ -139,29 +203,21 @@ func (s *term) prepare(rev int64, changes []cache.Change) ([]cache.Change, *cach
 			a.Reason = err.Error()
 			continue
 		}
-		candidate := append(slices.Clone(out), ch)
-		if _, _, err := s.snap.Apply(rev, SourceDatabase, candidate); err != nil {
-			a.Reason = fmt.Sprintf("still invalid at revision %d: %v", rev, err)
+		next, _, err := p.cur.Apply(p.rev, SourceDatabase, []cache.Change{ch})
+		if err != nil {
+			a.Reason = fmt.Sprintf("still invalid at revision %d: %v", p.rev, err)
 			continue
 		}
-		out = candidate
+		p.cur = next
+		out = append(out, ch)
 		released = append(released, id)
 		delete(s.withheld, id)
 	}
 	if len(released) > 0 {
-		var err error
-		if next, _, err = s.snap.Apply(rev, SourceDatabase, out); err != nil {
-			return nil, nil, err
-		}
+		s.log.Info("syncer: publishing withheld extensions again: they are valid now", "extensions", released, "revision", p.rev)
 	}
-	if len(released) > 0 {
-		sort.Strings(released)
-		s.log.Info("syncer: publishing withheld extensions again: they are valid now", "extensions", released, "revision", rev)
-	}
-	if len(released) > 0 || len(s.withheld) > 0 {
-		s.noteWithheld()
-	}
-	return out, next, nil
+	s.noteWithheld()
+	return out, p.cur, nil
 }
 
 // aggregateChange is the change that makes id's aggregate e (delete when nil).

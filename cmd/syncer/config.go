@@ -90,7 +90,8 @@ type spec struct {
 	PublishWindow      int   `envconfig:"PUBLISH_WINDOW" default:"256" expect:"an integer in 1..4000" desc:"Deltas whose stores may be in flight to JetStream at once; each is announced on the live subject, in revision order, only once the stream acknowledged it. 1 waits for each acknowledgement before the next store (2.8 times slower on a backlog: BENCHMARKS.md)."`
 	PublishWindowBytes int   `envconfig:"PUBLISH_WINDOW_BYTES" default:"8388608" expect:"a positive number of bytes" desc:"Payload bytes of the deltas in flight at once (8 MiB)."`
 	HistoryBytes       int64 `envconfig:"HISTORY_BYTES" default:"16777216" expect:"a positive number of bytes" desc:"Memory for the published deltas the leader keeps to store again what the stream loses (16 MiB; also at most 100,000 deltas). A loss older than what it keeps is covered by writing the current snapshot."`
-	BatchBytes         int   `envconfig:"CHANGELOG_BATCH_BYTES" default:"8388608" expect:"a positive number of bytes" desc:"Change values read from the change log per query (8 MiB; also at most 500 revisions); a single larger revision is read whole."`
+	MemoryLimit        int64 `envconfig:"MEMORY_LIMIT_BYTES" default:"268435456" expect:"0 (none) or a positive number of bytes" desc:"Soft limit of syncer run's Go heap (256 MiB; 0: none, the Go default of collecting when the heap doubles): the garbage collector works harder as the heap nears it, instead of letting a transient peak (a whole-registry read, a bulk import) reach twice the live heap. It never refuses memory, and it is raised to 1.5 times the live heap when that grows past two thirds of it, so a registry too large for it runs with headroom instead of collecting without end. GOMEMLIMIT, when set, replaces it."`
+	BatchBytes         int   `envconfig:"CHANGELOG_BATCH_BYTES" default:"8388608" expect:"a positive number of bytes" desc:"Change-log rows one read holds, in bytes of their values (8 MiB; also at most 500 revisions). A revision larger than this (a bulk import) is read, applied and dropped in pages of this size, and published as a snapshot and a resync delta once its changes cannot fit one NATS message."`
 
 	HealthInterval time.Duration `envconfig:"HEALTH_INTERVAL" default:"5s" expect:"a duration of at least 100ms such as 5s" desc:"Period of the control loop: the routers' call statistics merged into extension_health (at most one write per extension per interval, never a revision) and the automatic management decisions."`
 	AutoDisable    bool          `envconfig:"AUTO_DISABLE" default:"false" expect:"true or false" desc:"Automatic disable for extensions whose extension_health.auto_manage is 'default' ('on' and 'off' override it): an extension whose circuit is open at a quorum of the routers calling it becomes auto_disabled (audited, a revision every router applies; routers keep a few probe calls). An operator's enable or disable always wins."`
@@ -187,6 +188,8 @@ type config struct {
 	AdminToken  string
 	LogLevel    slog.Level
 	LogFormat   string
+	// MemoryLimit is the soft limit of the Go heap of syncer run (0: none; memlimit.go).
+	MemoryLimit int64
 	// TrustedKeys are the public keys syncer watch trusts (empty: trust on first use).
 	TrustedKeys []string
 	// Ignored lists the DB_* variables that are set but ignored because DATABASE_URL is.
@@ -439,6 +442,7 @@ func loadConfig(lookup func(string) (string, bool)) (*config, error) {
 	check("PUBLISH_WINDOW_BYTES", s.PublishWindowBytes > 0)
 	check("HISTORY_BYTES", s.HistoryBytes > 0)
 	check("CHANGELOG_BATCH_BYTES", s.BatchBytes > 0)
+	check("MEMORY_LIMIT_BYTES", s.MemoryLimit >= 0)
 
 	// Control loop.
 	check("HEALTH_INTERVAL", s.HealthInterval >= 100*time.Millisecond)
@@ -501,6 +505,7 @@ func loadConfig(lookup func(string) (string, bool)) (*config, error) {
 	}
 	c.FixturesDir, c.HTTPAddr, c.AdminToken = s.FixturesDir, s.HTTPAddr, s.AdminToken
 	c.LogFormat = s.LogFormat
+	c.MemoryLimit = s.MemoryLimit
 	// The syncer's own validation is the last word on its config; its messages name Go
 	// fields, and reaching it means the rules above missed something.
 	if err := c.Syncer.WithDefaults().Validate(); err != nil {

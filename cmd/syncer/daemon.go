@@ -29,7 +29,9 @@ func cmdRun(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	return daemon(ctx, cfg, newLogger(e.stderr, cfg))
+	log := newLogger(e.stderr, cfg)
+	limitMemory(ctx, cfg.MemoryLimit, e.lookup, log)
+	return daemon(ctx, cfg, log)
 }
 
 func newLogger(w io.Writer, cfg *config) *slog.Logger {

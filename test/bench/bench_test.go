@@ -168,6 +168,18 @@ func TestSmoke(t *testing.T) {
 				b.Sequential.Revisions, b.Pipelined.Revisions, o.plan.BacklogSequential, o.plan.Backlog, b.ChecksumsEqual)
 		}
 	}
+	if c := back.Churn; c == nil {
+		t.Error("churn: no result")
+	} else {
+		positive("churn commits/s", c.CommitPerS)
+		positive("churn syncer peak RSS", float64(c.SyncerPeakRSS))
+		positive("churn syncer RSS", float64(c.SyncerRSS))
+		positive("churn history bytes", c.HistoryBytes)
+		if c.Revisions != o.plan.Churn || c.Extensions != o.plan.ChurnExtensions || !c.ChecksumsEqual || c.SyncerRSS > c.SyncerPeakRSS {
+			t.Errorf("churn: %d revisions on %d extensions (want %d on %d), late client checksum equal %v, RSS %d above its peak %d",
+				c.Revisions, c.Extensions, o.plan.Churn, o.plan.ChurnExtensions, c.ChecksumsEqual, c.SyncerRSS, c.SyncerPeakRSS)
+		}
+	}
 	if f := back.Fanout; f == nil {
 		t.Error("fanout: no result")
 	} else {

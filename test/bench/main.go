@@ -9,7 +9,7 @@
 // server with JetStream, both started here and stopped at exit (also on error or Ctrl-C),
 // and the real `syncer run` binary.
 //
-//	go run ./test/bench [-short] [-out DIR] [-only floor,product,burst,backlog,scale,fanout,lookups,control]
+//	go run ./test/bench [-short] [-out DIR] [-only floor,product,burst,backlog,churn,scale,fanout,lookups,control]
 package main
 
 import (
@@ -32,7 +32,7 @@ import (
 )
 
 // sectionNames in the order they run.
-var sectionNames = []string{"floor", "product", "burst", "backlog", "scale", "fanout", "lookups", "control"}
+var sectionNames = []string{"floor", "product", "burst", "backlog", "churn", "scale", "fanout", "lookups", "control"}
 
 type options struct {
 	short       bool
@@ -76,6 +76,10 @@ type plan struct {
 	// default publish window on restart; BacklogSequential the same with a window of 1.
 	Backlog           int64 `json:"backlog_revisions"`
 	BacklogSequential int64 `json:"backlog_sequential_revisions"`
+	// Churn is the revisions committed, one row each, while the syncer of a registry of
+	// ChurnExtensions runs; its memory is read after.
+	Churn           int64 `json:"churn_revisions"`
+	ChurnExtensions int   `json:"churn_extensions"`
 }
 
 func fullPlan() plan {
@@ -88,6 +92,7 @@ func fullPlan() plan {
 		Scale:      100_000,
 		FanClients: 1000, FanConns: 20, FanChanges: 100,
 		Backlog: 100_000, BacklogSequential: 20_000,
+		Churn: 100_000, ChurnExtensions: 10_000,
 	}
 }
 
@@ -101,6 +106,7 @@ func shortPlan() plan {
 		Scale:      1000,
 		FanClients: 20, FanConns: 2, FanChanges: 5,
 		Backlog: 2000, BacklogSequential: 500,
+		Churn: 2000, ChurnExtensions: 500,
 	}
 }
 
@@ -246,6 +252,7 @@ var sections = []section{
 	{"product", runProduct},
 	{"burst", runBurst},
 	{"backlog", runBacklog},
+	{"churn", runChurn},
 	{"scale", runScale},
 	{"fanout", runFanout},
 	{"lookups", runLookups},

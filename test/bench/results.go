@@ -31,6 +31,7 @@ type Results struct {
 	Ratios         []Ratio        `json:"ratios,omitempty"`
 	Burst          *BurstResult   `json:"burst,omitempty"`
 	Backlog        *BacklogResult `json:"backlog,omitempty"`
+	Churn          *ChurnResult   `json:"churn,omitempty"`
 	Scale          *ScaleResult   `json:"scale,omitempty"`
 	Fanout         *FanoutResult  `json:"fanout,omitempty"`
 	Lookups        *LookupResult  `json:"lookups,omitempty"`
@@ -226,6 +227,10 @@ func judge(r *Results) []Target {
 			fmt.Sprintf("%.0f/s (%s)", b.Pipelined.PublishPerS, seq), b.Pipelined.PublishPerS >= 5000)
 		add("backlog: a late client gets the database's content", "equal checksum", fmt.Sprint(b.ChecksumsEqual), b.ChecksumsEqual)
 	}
+	if c := r.Churn; c != nil {
+		add(fmt.Sprintf("%d extensions after %d revisions of churn: syncer RSS", c.Extensions, c.Revisions), "≤ 64 MB",
+			fmt.Sprintf("peak %.1f MB, now %.1f MB", mb(c.SyncerPeakRSS), mb(c.SyncerRSS)), c.SyncerPeakRSS > 0 && c.SyncerPeakRSS <= 64<<20)
+	}
 	if s := r.Scale; s != nil {
 		n := fmt.Sprintf("%d extensions", s.Extensions)
 		add(n+": full reconcile", "≤ 1 s", fmt.Sprintf("%.0f ms (median of %v)", s.ReconcileMedianMS, s.ReconcileMS), s.ReconcileMedianMS > 0 && s.ReconcileMedianMS <= 1000)
@@ -401,6 +406,17 @@ func printSummary(w io.Writer, r *Results) {
 		}
 		flush()
 		fmt.Fprintf(w, "pipelined ÷ one at a time: %.1f; late client checksum equal: %v\n\n", b.Ratio, b.ChecksumsEqual)
+	}
+	if c := r.Churn; c != nil {
+		fmt.Fprintf(w, "### Churn: %d one-row revisions on %d extensions with the syncer running\n\n", c.Revisions, c.Extensions)
+		row("figure", "value")
+		sep(2)
+		row("revisions committed at", fmt.Sprintf("%.0f/s", c.CommitPerS))
+		row("syncer peak RSS (VmHWM) / RSS after", fmt.Sprintf("%.1f MB / %.1f MB", mb(c.SyncerPeakRSS), mb(c.SyncerRSS)))
+		row("Go heap in use / Go sys", fmt.Sprintf("%.1f MB / %.1f MB", c.HeapInuse/(1<<20), c.GoSys/(1<<20)))
+		row("delta history", fmt.Sprintf("%.1f MB in %.0f deltas", c.HistoryBytes/(1<<20), c.HistoryDeltas))
+		row("late client checksum equal to the database", fmt.Sprint(c.ChecksumsEqual))
+		flush()
 	}
 	if s := r.Scale; s != nil {
 		fmt.Fprintf(w, "### Scale: %d extensions (%d versions, %d instances)\n\n", s.Extensions, s.Versions, s.Instances)
