@@ -6,16 +6,20 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-// handoff is how many messages the connection may hand to the queue's forwarder before
-// the forwarder takes them (it only moves them into the queue, so it rarely falls behind).
-const handoff = 16
-
 // liveQueue holds the live and heartbeat messages received and not yet handled, in the
 // order the connection delivered them (both subscriptions deliver into one channel),
 // within a bound in messages and one in bytes (Config.BufferSize, Config.BufferBytes). A
 // message beyond either is dropped and counted, never blocking the connection: the client
 // notices the drop and catches up from the stream. One queue per subscription, i.e. per
 // Start.
+//
+// The connection hands messages over on a channel that a forwarder goroutine empties into
+// the queue. The channel holds as many messages as the queue (BufferSize): the connection
+// delivers a whole read buffer of messages at once, without yielding, so a smaller channel
+// dropped bursts of small deltas at 1,000 commits/s before the forwarder ran (measured
+// with 16). Its messages are not counted in bytes; it only fills while the forwarder waits
+// for a CPU, whereas the queue fills while the client is busy (a snapshot read, a slow
+// OnChange), which is what the bounds are for.
 type liveQueue struct {
 	in    chan *nats.Msg // the subscriptions deliver here
 	ready chan struct{}  // holds a token while messages are queued
@@ -31,7 +35,7 @@ type liveQueue struct {
 }
 
 func newLiveQueue(maxMsgs, maxBytes int) *liveQueue {
-	q := &liveQueue{in: make(chan *nats.Msg, handoff), ready: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+	q := &liveQueue{in: make(chan *nats.Msg, maxMsgs), ready: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
 		maxMsgs: maxMsgs, maxBytes: maxBytes}
 	go q.forward()
 	return q

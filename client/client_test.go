@@ -1067,3 +1067,39 @@ func TestReconnectCatchesUp(t *testing.T) {
 		t.Errorf("after the reconnect: %+v", e)
 	}
 }
+
+// TestBufferTakesABurst: announcements arriving back to back (the syncer completes a
+// window of pipelined deltas at once; the connection hands over a whole read buffer of
+// them without yielding) are all queued, none dropped, with nothing else running slow.
+func TestBufferTakesABurst(t *testing.T) {
+	t.Parallel()
+	srv := harness.NewNATS(t, harness.NATSOptions{})
+	src := newSource(t, srv, 10, "")
+	c := startClient(t, srv.Connect(t), Config{WaitBootstrap: true})
+	const burst = 500
+	msgs := make([]*nats.Msg, 0, burst)
+	for i := range burst {
+		d, data := src.next(src.touch(fmt.Sprintf("ext.%06d", i%10), 1000+i))
+		src.store(d, data)
+		m := d.Msg(src.names().Live(), data)
+		if err := src.signer.Sign(protocol.KindDelta, m); err != nil {
+			t.Fatal(err)
+		}
+		msgs = append(msgs, m)
+	}
+	for _, m := range msgs { // one flush: the messages go out, and arrive, together
+		if err := src.nc.PublishMsg(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := src.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	waitSame(t, c, src)
+	if n := c.dropped(); n != 0 {
+		t.Errorf("%d of %d announcements dropped", n, burst)
+	}
+	if n := c.resyncs.Load(); n != 0 {
+		t.Errorf("%d resyncs, want none", n)
+	}
+}
