@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"math"
 	"os"
 	"os/exec"
@@ -190,6 +191,13 @@ func TestSmoke(t *testing.T) {
 	}
 	if c := back.Control; c == nil || c.MSPerInterval <= 0 || c.ReportBytes <= 0 {
 		t.Errorf("control: %+v, want the cost of an interval", c)
+	}
+	if a := back.Apply; a == nil || len(a.Sizes) != 2 || a.Ratio <= 0 {
+		t.Errorf("apply: %+v, want two sizes and their ratio", a)
+	} else {
+		for _, sz := range a.Sizes {
+			positive(fmt.Sprintf("apply at %d ns/op", sz.Extensions), sz.NsPerOp)
+		}
 	}
 	if l := back.Lookups; l == nil || len(l.Benches) != 4 {
 		t.Errorf("lookups: %+v, want Lookup and ByType with 1 and 2 goroutines", l)

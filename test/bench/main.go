@@ -9,7 +9,7 @@
 // server with JetStream, both started here and stopped at exit (also on error or Ctrl-C),
 // and the real `syncer run` binary.
 //
-//	go run ./test/bench [-short] [-out DIR] [-only floor,product,burst,backlog,churn,scale,fanout,lookups,control]
+//	go run ./test/bench [-short] [-out DIR] [-only floor,product,burst,backlog,churn,scale,fanout,lookups,apply,control]
 package main
 
 import (
@@ -32,7 +32,7 @@ import (
 )
 
 // sectionNames in the order they run.
-var sectionNames = []string{"floor", "product", "burst", "backlog", "churn", "scale", "fanout", "lookups", "control"}
+var sectionNames = []string{"floor", "product", "burst", "backlog", "churn", "scale", "fanout", "lookups", "apply", "control"}
 
 type options struct {
 	short       bool
@@ -256,6 +256,7 @@ var sections = []section{
 	{"scale", runScale},
 	{"fanout", runFanout},
 	{"lookups", runLookups},
+	{"apply", runApply},
 	{"control", runControl},
 }
 

@@ -35,6 +35,7 @@ type Results struct {
 	Scale          *ScaleResult   `json:"scale,omitempty"`
 	Fanout         *FanoutResult  `json:"fanout,omitempty"`
 	Lookups        *LookupResult  `json:"lookups,omitempty"`
+	Apply          *ApplyResult   `json:"apply,omitempty"`
 	Control        *ControlResult `json:"control,omitempty"`
 	Targets        []Target       `json:"targets"`
 	SectionSeconds []SectionTime  `json:"section_seconds"`
@@ -249,6 +250,11 @@ func judge(r *Results) []Target {
 	if c := r.Control; c != nil {
 		add(fmt.Sprintf("control loop, %d reporting routers", c.Routers), "≤ 10 % of a core", fmt.Sprintf("%.1f %% (%.1f ms per %.0f s interval)", c.CPUShare, c.MSPerInterval, c.IntervalS),
 			c.CPUShare > 0 && c.CPUShare <= 10)
+	}
+	if a := r.Apply; a != nil && len(a.Sizes) == 2 {
+		small, large := a.Sizes[0], a.Sizes[1]
+		add(fmt.Sprintf("one-row delta applied at %d vs %d extensions", large.Extensions, small.Extensions), "≤ 2×",
+			fmt.Sprintf("%.2f× (%.1f µs vs %.1f µs, medians of %d)", a.Ratio, large.NsPerOp/1000, small.NsPerOp/1000, len(small.Rounds)), a.Ratio > 0 && a.Ratio <= 2)
 	}
 	if l := r.Lookups; l != nil {
 		for _, b := range l.Benches {
@@ -475,6 +481,16 @@ func printSummary(w io.Writer, r *Results) {
 			row(b.Name, fmt.Sprint(b.Goroutines), fmt.Sprintf("%.1f", b.NsPerCall), fmt.Sprintf("%.1f", b.NsPerOp), fmt.Sprint(b.AllocsPerOp), fmt.Sprint(b.BytesPerOp))
 		}
 		flush()
+	}
+	if a := r.Apply; a != nil {
+		fmt.Fprintf(w, "### Apply: one one-row delta (cache.Snapshot.Apply), rounds alternating between sizes\n\n")
+		row("extensions", "ns/op (median)", "rounds", "allocs/op", "B/op")
+		sep(5)
+		for _, sz := range a.Sizes {
+			row(fmt.Sprint(sz.Extensions), fmt.Sprintf("%.0f", sz.NsPerOp), fmt.Sprint(sz.Rounds), fmt.Sprint(sz.AllocsPerOp), fmt.Sprint(sz.BytesPerOp))
+		}
+		flush()
+		fmt.Fprintf(w, "large ÷ small: %.2f\n\n", a.Ratio)
 	}
 	if c := r.Control; c != nil {
 		fmt.Fprintf(w, "### Control loop (%d routers reporting %d extensions each)\n\n", c.Routers, c.Extensions)
