@@ -39,31 +39,15 @@ type BacklogResult struct {
 	ChecksumsEqual bool        `json:"late_client_checksum_equal"`
 }
 
-// backlogSQL commits n one-row revisions, each in its own transaction (COMMIT inside a
-// procedure), cycling through ids.
-const backlogSQL = `CREATE OR REPLACE PROCEDURE bench_backlog(n int, ids text[], base bigint) LANGUAGE plpgsql AS $$
-BEGIN
-  FOR i IN 1..n LOOP
-    UPDATE extensions SET metadata = jsonb_build_object('seq', base + i) WHERE id = ids[1 + (i % array_length(ids, 1))];
-    COMMIT;
-  END LOOP;
-END $$`
-
 func runBacklog(ctx context.Context, e *env, r *Results) error {
 	p := e.opts.plan
 	reg, err := e.newRegistry(ctx, "backlog", p.Registry)
 	if err != nil {
 		return err
 	}
-	admin, err := e.connectPG(ctx, reg.url)
+	admin, err := revisionBuilder(ctx, e, reg, "bench_backlog", `jsonb_build_object('seq', k)`)
 	if err != nil {
 		return err
-	}
-	// The backlog is built fast: the commit's flush is not what this section measures.
-	for _, q := range []string{backlogSQL, `SET synchronous_commit = off`} {
-		if _, err := admin.Exec(ctx, q); err != nil {
-			return fmt.Errorf("%s: %w", q, err)
-		}
 	}
 	nc, err := e.connectNATS("bench-backlog")
 	if err != nil {

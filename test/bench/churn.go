@@ -29,31 +29,15 @@ type ChurnResult struct {
 	ChecksumsEqual bool `json:"late_client_checksum_equal"`
 }
 
-// churnSQL commits n one-row revisions, each in its own transaction, cycling through ids;
-// every revision changes one extension's metadata (to a value it never had: base + i; an
-// update that leaves a row as it was makes no revision).
-const churnSQL = `CREATE OR REPLACE PROCEDURE bench_churn(n int, ids text[], base bigint) LANGUAGE plpgsql AS $$
-BEGIN
-  FOR i IN 1..n LOOP
-    UPDATE extensions SET metadata = jsonb_build_object('churn', base + i, 'note', 'revision ' || (base + i)) WHERE id = ids[1 + ((base + i) % array_length(ids, 1))];
-    COMMIT;
-  END LOOP;
-END $$`
-
 func runChurn(ctx context.Context, e *env, r *Results) error {
 	p := e.opts.plan
 	reg, err := e.newRegistry(ctx, "churn", p.ChurnExtensions)
 	if err != nil {
 		return err
 	}
-	admin, err := e.connectPG(ctx, reg.url)
+	admin, err := revisionBuilder(ctx, e, reg, "bench_churn", `jsonb_build_object('churn', k, 'note', 'revision ' || k)`)
 	if err != nil {
 		return err
-	}
-	for _, q := range []string{churnSQL, `SET synchronous_commit = off`} {
-		if _, err := admin.Exec(ctx, q); err != nil {
-			return fmt.Errorf("%s: %w", q, err)
-		}
 	}
 	res := &ChurnResult{Extensions: p.ChurnExtensions}
 	r.Churn = res

@@ -542,6 +542,34 @@ func procStatusKB(pid int, field string) (int64, error) {
 	return 0, fmt.Errorf("/proc/%d/status has no %s", pid, field)
 }
 
+// revisionBuilder creates procedure name(n int, ids text[], base bigint) in reg's schema:
+// n one-row revisions, each its own transaction (COMMIT inside the procedure), the k-th
+// (k = base + i) setting extension ids[1 + k % len(ids)]'s metadata to metadata, an SQL
+// expression in k that must differ for every k (an update that leaves a row as it was
+// makes no revision). It returns a connection to call it on, with synchronous_commit off:
+// many revisions are built fast, and their flushes are not what a section measures.
+func revisionBuilder(ctx context.Context, e *env, reg *registry, name, metadata string) (*pgx.Conn, error) {
+	conn, err := e.connectPG(ctx, reg.url)
+	if err != nil {
+		return nil, err
+	}
+	proc := fmt.Sprintf(`CREATE OR REPLACE PROCEDURE %s(n int, ids text[], base bigint) LANGUAGE plpgsql AS $$
+DECLARE k bigint;
+BEGIN
+  FOR i IN 1..n LOOP
+    k := base + i;
+    UPDATE extensions SET metadata = %s WHERE id = ids[1 + (k %% array_length(ids, 1))];
+    COMMIT;
+  END LOOP;
+END $$`, name, metadata)
+	for _, q := range []string{proc, `SET synchronous_commit = off`} {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			return nil, fmt.Errorf("%s: %w", q, err)
+		}
+	}
+	return conn, nil
+}
+
 // registry is a migrated schema with a synthetic registry and a syncer following it.
 type registry struct {
 	name   string
