@@ -124,18 +124,7 @@ func runBacklog(ctx context.Context, e *env, r *Results) error {
 	if res.Sequential != nil && res.Pipelined != nil && res.Sequential.PublishPerS > 0 {
 		res.Ratio = round1(res.Pipelined.PublishPerS / res.Sequential.PublishPerS)
 	}
-	// A router that starts now gets the database's content.
-	cnc, err := e.connectNATS("bench-backlog-client")
-	if err != nil {
-		return err
-	}
-	c, err := startClient(ctx, cnc, reg.prefix, nil)
-	if err != nil {
-		return err
-	}
-	defer c.Stop()
-	_, _, ok, err := verifyClients(ctx, admin, []*clientT{c}, 30*time.Second)
-	res.ChecksumsEqual = ok
+	res.ChecksumsEqual, err = lateClientAgrees(ctx, e, reg, admin, "bench-backlog-client")
 	return err
 }
 

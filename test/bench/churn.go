@@ -80,16 +80,6 @@ func runChurn(ctx context.Context, e *env, r *Results) error {
 		res.Revisions, res.CommitPerS, res.Extensions, mb(res.SyncerPeakRSS), mb(res.SyncerRSS), res.HeapInuse/(1<<20), res.GoSys/(1<<20),
 		res.HistoryBytes/(1<<20), res.HistoryDeltas)
 
-	nc, err := e.connectNATS("bench-churn-client")
-	if err != nil {
-		return err
-	}
-	c, err := startClient(ctx, nc, reg.prefix, nil)
-	if err != nil {
-		return err
-	}
-	defer c.Stop()
-	_, _, ok, err := verifyClients(ctx, admin, []*clientT{c}, 30*time.Second)
-	res.ChecksumsEqual = ok
+	res.ChecksumsEqual, err = lateClientAgrees(ctx, e, reg, admin, "bench-churn-client")
 	return err
 }

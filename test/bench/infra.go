@@ -636,6 +636,22 @@ func cmpErr(a, b error) error {
 	return b
 }
 
+// lateClientAgrees starts a router client now, on its own NATS connection named name,
+// and reports whether it gets the database's content (read on conn).
+func lateClientAgrees(ctx context.Context, e *env, reg *registry, conn *pgx.Conn, name string) (bool, error) {
+	nc, err := e.connectNATS(name)
+	if err != nil {
+		return false, err
+	}
+	c, err := startClient(ctx, nc, reg.prefix, nil)
+	if err != nil {
+		return false, err
+	}
+	defer c.Stop()
+	_, _, ok, err := verifyClients(ctx, conn, []*clientT{c}, 30*time.Second)
+	return ok, err
+}
+
 // verifyClients compares every client's snapshot with the database's content.
 func verifyClients(ctx context.Context, conn *pgx.Conn, clients []*clientT, timeout time.Duration) (dbRev int64, dbSum string, ok bool, err error) {
 	db, err := readRegistry(ctx, conn)
